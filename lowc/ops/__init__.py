@@ -1,0 +1,7 @@
+"""lowc's torch.library ops (namespace `lowc`); importing this package registers them all.
+
+Each op has a fake (meta) kernel and a plain-torch reference that is the CPU path and the test
+oracle; the runtime registers CUDA kernels on top.
+"""
+
+from lowc.ops import attention, norm  # noqa: F401  (registers lowc::attention, lowc::rms_norm)

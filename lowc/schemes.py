@@ -1,0 +1,171 @@
+"""Quantization schemes: frozen, versioned configs in one registry.
+
+A scheme says how many bits weights, activations and the KV cache get, which packed formats carry
+them, and which ordered pipeline of passes produces them. `lowc.compile(model, scheme="w4a8kv4")`
+looks the name up here; the scheme's JSON heads every IR dump and every saved artifact.
+
+Names are either presets (`w16a16`, `w8a8`, `w4a16`, `w4a8kv4`, `w4a4`, ...) or the generic form
+`w{N}a{M}[kv{K}][-g{G}]`, e.g. `w4a8kv4-g128`, `w16a16kv8`, `w3a8`. The generic form is parsed into the
+same dataclass; whether a combination has a dedicated kernel or needs the bit-plane path is decided
+by `Scheme.route`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+
+from lowc.errors import SchemeError
+
+SCHEME_VERSION = 1
+
+# The bit-widths the generic form accepts, and the combinations with a dedicated packed format.
+WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+ACT_BITS = (4, 5, 6, 7, 8, 16)
+KV_BITS = (4, 8, 16)
+DEDICATED = {(16, 16), (8, 8), (4, 16), (4, 8), (4, 4)}
+
+_GENERIC = re.compile(r"^w(?P<w>\d+)a(?P<a>\d+)(?:kv(?P<kv>\d+))?(?:-g(?P<g>\d+))?$")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One quantization recipe. Every field has a meaning in docs/schemes.md."""
+
+    name: str
+    w_bits: int = 16
+    a_bits: int = 16
+    kv_bits: int = 16
+    group_size: int = 128  # along K, for weight (and 4-bit activation) groups; 0 = per channel
+    n_outliers: int = 0  # Atom: input channels kept in INT8 after reordering
+    smooth_alpha: float | None = None  # SmoothQuant migration strength, None = no smoothing
+    smooth_attention_alpha: float | None = None  # QoQ SmoothAttention strength for keys
+    clip_search: bool = False  # per-group weight clipping search
+    gptq: bool = False  # GPTQ-style error compensation
+    bit_balance: bool = False  # ABQ-LLM's W2* five-level grid
+    keep_lm_head: bool = True  # lm_head and embeddings stay in 16 bits
+    version: int = SCHEME_VERSION
+    passes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        if self.w_bits not in WEIGHT_BITS:
+            raise SchemeError(f"{self.name}: weight bits {self.w_bits} unsupported; choose from {WEIGHT_BITS}")
+        if self.a_bits not in ACT_BITS:
+            raise SchemeError(f"{self.name}: activation bits {self.a_bits} unsupported; choose from {ACT_BITS}")
+        if self.kv_bits not in KV_BITS:
+            raise SchemeError(f"{self.name}: KV bits {self.kv_bits} unsupported; choose from {KV_BITS}")
+        if self.group_size < 0 or (self.group_size and self.group_size % 32):
+            raise SchemeError(
+                f"{self.name}: group size {self.group_size} must be 0 (per channel) or a multiple of 32"
+            )
+        if not self.passes:
+            object.__setattr__(self, "passes", default_pipeline(self))
+
+    @property
+    def route(self) -> str:
+        """'dedicated' when a packed format and kernel exist for (w, a), else 'bitplane'."""
+        return "dedicated" if (self.w_bits, self.a_bits) in DEDICATED else "bitplane"
+
+    @property
+    def is_float(self) -> bool:
+        return self.w_bits == 16 and self.a_bits == 16 and self.kv_bits == 16
+
+    def replace(self, **changes) -> "Scheme":
+        """A copy with some fields changed; the pipeline is re-derived unless given."""
+        if "passes" not in changes:
+            changes["passes"] = ()
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["passes"] = list(self.passes)
+        d["route"] = self.route
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def default_pipeline(s: Scheme) -> tuple[str, ...]:
+    """The ordered pass names for a scheme: one list a reader can see at once."""
+    steps = ["annotate"]
+    quantized_linears = not (s.w_bits == 16 and s.a_bits == 16)
+    if s.smooth_attention_alpha is not None:
+        steps.append("smooth_attention")
+    if s.n_outliers:
+        steps.append("reorder")
+    if s.smooth_alpha is not None:
+        steps.append("smooth")
+    if quantized_linears:
+        if s.clip_search:
+            steps.append("clip")
+        if s.gptq:
+            steps.append("gptq")
+        steps.append("quantize")
+        if s.route == "bitplane":
+            steps.append("bitplane")
+    if s.kv_bits != 16:
+        steps.append("kv_quant")
+    steps.append("eliminate_dead_code")
+    return tuple(steps)
+
+
+def _preset(name: str, **kw) -> Scheme:
+    return Scheme(name=name, **kw)
+
+
+PRESETS: dict[str, Scheme] = {
+    s.name: s
+    for s in (
+        _preset("w16a16"),
+        _preset("w8a8", w_bits=8, a_bits=8, group_size=0, smooth_alpha=0.5),
+        _preset("w4a16", w_bits=4, a_bits=16, clip_search=True, gptq=True),
+        _preset(
+            "w4a8kv4", w_bits=4, a_bits=8, kv_bits=4, smooth_alpha=0.5, smooth_attention_alpha=0.5,
+            clip_search=True, gptq=True,
+        ),
+        _preset(
+            "w4a4", w_bits=4, a_bits=4, kv_bits=4, n_outliers=128, smooth_alpha=0.5, clip_search=True,
+            gptq=True,
+        ),
+        _preset("w2a8", w_bits=2, a_bits=8, clip_search=True, gptq=True),
+        _preset("w3a8", w_bits=3, a_bits=8, clip_search=True, gptq=True),
+        _preset("w6a6", w_bits=6, a_bits=6, smooth_alpha=0.5, clip_search=True, gptq=True),
+    )
+}
+
+
+def parse_scheme(name: str) -> Scheme:
+    """A Scheme from a preset name or the generic `w{N}a{M}[kv{K}][-g{G}]` form."""
+    if isinstance(name, Scheme):
+        return name
+    if not isinstance(name, str):
+        raise SchemeError(f"a scheme is a name or a lowc.Scheme, got {type(name).__name__}")
+    key = name.strip().lower()
+    if key in PRESETS:
+        return PRESETS[key]
+    m = _GENERIC.match(key)
+    if m is None:
+        raise SchemeError(
+            f"unknown scheme {name!r}. Valid presets: {', '.join(sorted(PRESETS))}; "
+            "or the generic form w{N}a{M}[kv{K}][-g{G}], e.g. 'w4a8kv4-g128' or 'w16a16kv8'."
+        )
+    w, a = int(m["w"]), int(m["a"])
+    kv = int(m["kv"]) if m["kv"] else 16
+    g = int(m["g"]) if m["g"] is not None else 128
+    # A generic name inherits the recipe (smoothing, clipping, GPTQ, outliers) of the preset with the
+    # same weight and activation bits, so "w4a8kv4-g64" is the w4a8kv4 recipe at group 64.
+    for preset in PRESETS.values():
+        if (preset.w_bits, preset.a_bits) == (w, a):
+            smooth_attn = preset.smooth_attention_alpha if kv != 16 else None
+            return preset.replace(name=key, kv_bits=kv, group_size=g, smooth_attention_alpha=smooth_attn)
+    return Scheme(name=key, w_bits=w, a_bits=a, kv_bits=kv, group_size=g)
+
+
+def list_schemes() -> list[str]:
+    return sorted(PRESETS)
