@@ -116,13 +116,19 @@ def check_causal_lm(model) -> None:
         log.warning("%s is not in the tested architectures (%s); capturing anyway", name, SUPPORTED_ARCHS)
 
 
-def _where_it_failed(exc: BaseException) -> str:
-    """The innermost frame inside transformers' modeling code, to name the failing module."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    for fr in reversed(frames):
-        if "transformers" in fr.filename and "modeling_" in fr.filename:
-            return f"{fr.name} at {fr.filename.rsplit('/', 1)[-1]}:{fr.lineno}"
-    return frames[-1].name if frames else "?"
+def _where_it_failed(exc: BaseException, model: torch.nn.Module) -> str:
+    """The innermost submodule of `model` whose code was running when export failed."""
+    names = {id(m): n for n, m in model.named_modules()}
+    where = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if id(owner) in names:
+            code = tb.tb_frame.f_code
+            where = f"{names[id(owner)] or '<root>'} ({type(owner).__name__}.{code.co_name}, " \
+                    f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return where or "?"
 
 
 def capture(model, *, max_batch: int = 4096, max_seq: int | None = None) -> fx.GraphModule:
@@ -147,7 +153,7 @@ def capture(model, *, max_batch: int = 4096, max_seq: int | None = None) -> fx.G
             )
     except Exception as e:
         raise CaptureError(
-            f"torch.export could not capture {type(model).__name__} (failed in {_where_it_failed(e)}): "
+            f"torch.export could not capture {type(model).__name__} (failed in {_where_it_failed(e, model)}): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. lowc captures "
             f"{', '.join(sorted(SUPPORTED_ARCHS))}; other architectures may need their attention to go "
             "through transformers' AttentionInterface."

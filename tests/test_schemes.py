@@ -1,0 +1,69 @@
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from lowc.errors import SchemeError
+from lowc.schemes import ACT_BITS, KV_BITS, PRESETS, WEIGHT_BITS, Scheme, default_pipeline, parse_scheme
+
+
+def test_presets_exist_and_are_frozen():
+    for name in ("w16a16", "w8a8", "w4a16", "w4a8kv4", "w4a4"):
+        s = parse_scheme(name)
+        assert s.name == name
+        with pytest.raises(Exception):
+            s.w_bits = 3  # frozen dataclass
+
+
+def test_w4a8kv4_is_the_qoq_recipe():
+    s = parse_scheme("w4a8kv4")
+    assert (s.w_bits, s.a_bits, s.kv_bits, s.group_size) == (4, 8, 4, 128)
+    assert s.smooth_attention_alpha is not None and s.route == "dedicated"
+    assert s.passes[0] == "annotate" and s.passes[-1] == "eliminate_dead_code"
+    assert s.passes.index("smooth") < s.passes.index("quantize")
+
+
+def test_scheme_json_round_trips_its_fields():
+    s = parse_scheme("w4a4")
+    d = json.loads(s.to_json())
+    assert d["n_outliers"] == 128 and d["version"] == s.version and d["passes"] == list(s.passes)
+
+
+@given(st.sampled_from(WEIGHT_BITS), st.sampled_from(ACT_BITS), st.sampled_from(KV_BITS + (None,)),
+       st.sampled_from((None, 32, 64, 128, 256)))
+def test_generic_form_parses(w, a, kv, g):
+    name = f"w{w}a{a}" + (f"kv{kv}" if kv else "") + (f"-g{g}" if g else "")
+    s = parse_scheme(name)
+    assert (s.w_bits, s.a_bits, s.kv_bits) == (w, a, kv or 16)
+    assert s.group_size == (g or 128)
+    assert s.route == ("dedicated" if (w, a) in {(16, 16), (8, 8), (4, 16), (4, 8), (4, 4)} else "bitplane")
+    assert ("bitplane" in s.passes) == (s.route == "bitplane")
+
+
+def test_generic_name_inherits_preset_recipe():
+    s = parse_scheme("w4a8kv4-g64")
+    base = PRESETS["w4a8kv4"]
+    assert s.group_size == 64 and s.smooth_alpha == base.smooth_alpha and s.gptq == base.gptq
+    assert parse_scheme("w4a8").smooth_attention_alpha is None  # no KV quantization, no SmoothAttention
+
+
+@pytest.mark.parametrize("bad", ["int4", "w4", "w4a8kv3", "w1a8", "w4a2", "w4a8-g100", "w4a8-g", "", "W4A8KV4X"])
+def test_invalid_names_fail_with_the_valid_list(bad):
+    with pytest.raises(SchemeError) as e:
+        parse_scheme(bad)
+    assert "w4a8kv4" in str(e.value) or "must be" in str(e.value) or "unsupported" in str(e.value)
+
+
+def test_case_and_space_insensitive():
+    assert parse_scheme("  W4A8KV4 ") is PRESETS["w4a8kv4"]
+
+
+def test_non_string_scheme_rejected():
+    with pytest.raises(SchemeError):
+        parse_scheme(4)
+
+
+def test_pipeline_derivation():
+    assert default_pipeline(Scheme(name="x")) == ("annotate", "eliminate_dead_code")
+    p = default_pipeline(Scheme(name="y", w_bits=3, a_bits=8))
+    assert p.index("quantize") < p.index("bitplane")
