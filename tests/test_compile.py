@@ -67,3 +67,18 @@ def test_import_is_cheap():
     code = "import sys, lowc; print(any(m.startswith(('transformers', 'triton')) for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.realmodel
+def test_smollm2_compiles_and_matches_eager(smollm2):
+    model, tok = smollm2
+    sd_before = {k: v.clone() for k, v in list(model.state_dict().items())[:5]}
+    q = lowc.compile(model, "w16a16", progress=False)
+    ids = tok(["The capital of France is", "Paris"], return_tensors="pt", padding=True).input_ids
+    for batch in (ids[:1, :5], ids[:, :1], ids[:1, :1]):
+        with torch.no_grad():
+            diff = (q(batch) - model(batch).logits).abs().max().item()
+        assert diff <= 1e-4, batch.shape
+    s = q.summary()
+    assert s["lowc_ops"]["lowc.rms_norm.default"] == 61  # 2 per layer x 30 + final
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in sd_before.items())
