@@ -1,0 +1,278 @@
+"""Tile configurations for the qlinear kernels: lookup, defaults, and autotuning per GPU.
+
+A `TileConfig` (BM tokens x BN output channels x BK reduction per program, split-K factor, warps,
+pipeline stages) is chosen per (KernelSpec, M bucket, N, K). M is bucketed to the next power of two
+(1, 2, 4, ... 8192), the quantity a config's best choice actually changes with. Lookup order:
+
+1. the tuner's memory (this process);
+2. the user table `<cache>/autotune/<gpu>.json` (results tuned on this machine, merged atomically);
+3. the shipped table `lowc/runtime/configs/<gpu>.json` (tuned on H100/H200 for Llama-3-8B shapes,
+   so first use does not spend minutes autotuning);
+4. with policy "miss" on a GPU: tune now over `candidate_configs` and store the winner in (2);
+5. otherwise `default_config`, a rule of thumb.
+
+`<gpu>` is a slug of the device name ("h100", "h200", else the lowercased name). The policy comes
+from the `Autotuner` argument, or `LOWC_AUTOTUNE` = "miss" (default) / "off" for the default tuner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable
+
+from lowc.codegen.atomic import atomic_write_text
+from lowc.codegen.kernel_files import cache_dir
+from lowc.codegen.spec import KernelSpec
+from lowc.errors import KernelError
+
+SHIPPED_DIR = Path(__file__).parent / "configs"
+TABLE_VERSION = 1
+MAX_M_BUCKET = 8192
+POLICIES = ("miss", "off")
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One launch configuration of a qlinear kernel (orientation: acc tile is [BN, BM])."""
+
+    BM: int
+    BN: int
+    BK: int
+    SPLIT_K: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    GROUP_M: int = 8
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TileConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise KernelError(f"tile config has unknown fields {sorted(unknown)}; known: {sorted(fields)}")
+        return cls(**{k: int(v) for k, v in d.items()})
+
+    def check(self, spec: KernelSpec) -> "TileConfig":
+        """Raise KernelError if this config cannot run `spec`; returns self."""
+        def pow2(v):
+            return v > 0 and v & (v - 1) == 0
+
+        problems = []
+        for name in ("BM", "BN", "BK", "GROUP_M", "num_warps"):
+            if not pow2(getattr(self, name)):
+                problems.append(f"{name}={getattr(self, name)} is not a power of two")
+        if self.BM < 16 or self.BN < 16:
+            problems.append("BM and BN must be >= 16 (tensor-core tile)")
+        if self.BK < 32:
+            problems.append("BK must be >= 32 (one INT8 MMA K-step; 16 packed bytes)")
+        if spec.family == "w4a4" and self.BK != spec.group_size:
+            problems.append(f"w4a4 scales each group's partial sum, so BK must equal the group ({spec.group_size})")
+        if self.SPLIT_K < 1 or self.num_stages < 1:
+            problems.append("SPLIT_K and num_stages must be >= 1")
+        if problems:
+            raise KernelError(f"tile config {self} is invalid for {spec.name}: " + "; ".join(problems))
+        return self
+
+
+def m_bucket(m: int) -> int:
+    """Next power of two >= m, capped at MAX_M_BUCKET."""
+    return min(MAX_M_BUCKET, 1 << max(0, int(m) - 1).bit_length())
+
+
+def device_slug(name: str | None = None) -> str:
+    """'h100' / 'h200' for those GPUs, else a file-name-safe lowercase device name ('cpu' without GPU)."""
+    if name is None:
+        import torch
+
+        name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    low = name.lower()
+    for known in ("h200", "h100", "h20", "h800", "a100", "l40s"):
+        if re.search(rf"\b{known}\b", low):
+            return known
+    return re.sub(r"[^a-z0-9]+", "_", low).strip("_") or "unknown"
+
+
+def entry_key(spec: KernelSpec, m: int, n: int, k: int) -> str:
+    return f"{spec.name}|m{m_bucket(m)}|n{n}|k{k}"
+
+
+def _sm_count() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return 132  # an H100/H200, so CPU-side choices match what the GPU would get
+
+
+def _split_for(tiles: int, k_tiles: int, sms: int) -> int:
+    """Smallest split that gives >= 2 programs per SM, keeping >= 4 K tiles per split."""
+    split = 1
+    while tiles * split < 2 * sms and k_tiles // (split * 2) >= 4 and split < 16:
+        split *= 2
+    return split
+
+
+def default_config(spec: KernelSpec, m: int, n: int, k: int) -> TileConfig:
+    """A rule of thumb used when no table has an entry (see docs/kernels.md for the reasoning)."""
+    bk = 128 if spec.family != "w4a4" else spec.group_size
+    if m <= 16:
+        bm, bn, warps, stages = 16, 64, 4, 4
+        bk = bk if spec.family == "w4a4" else 256
+    elif m <= 64:
+        bm, bn, warps, stages = max(16, m_bucket(m)), 128, 4, 4
+    elif m <= 256:
+        bm, bn, warps, stages = 64, 128, 4, 4
+    else:
+        bm, bn, warps, stages = 128, 128, 8, 3
+    split = 1
+    if m <= 64:
+        tiles = -(-m // bm) * -(-n // bn)
+        split = _split_for(tiles, -(-k // bk), _sm_count())
+    return TileConfig(bm, bn, bk, split, warps, stages).check(spec)
+
+
+def candidate_configs(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig]:
+    """The small search space tuned per (spec, M bucket, N, K): a few tiles around the default."""
+    g = spec.group_size
+    bks = [g] if spec.family == "w4a4" else [128, 256]
+    sms = _sm_count()
+    out: list[TileConfig] = []
+    if m <= 64:
+        bm = max(16, m_bucket(m))
+        for bn in (64, 128):
+            for bk in bks:
+                tiles = -(-m // bm) * -(-n // bn)
+                base = _split_for(tiles, -(-k // bk), sms)
+                for split in sorted({1, base, max(1, base // 2), base * 2}):
+                    for stages in (3, 4):
+                        out.append(TileConfig(bm, bn, bk, split, 4, stages))
+    elif m <= 256:
+        for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (64, 256, 8)):
+            for bk in bks[:1] + ([64] if spec.family != "w4a4" and spec.a_bits == 16 else []):
+                for stages in (3, 4):
+                    out.append(TileConfig(bm, bn, bk, 1, warps, stages))
+    else:
+        for bm, bn, warps in ((128, 128, 8), (128, 256, 8), (256, 128, 8)):
+            for stages in (3, 4):
+                out.append(TileConfig(bm, bn, bks[0] if spec.a_bits != 16 else 64, 1, warps, stages))
+    valid = []
+    for c in dict.fromkeys(out):
+        try:
+            valid.append(c.check(spec))
+        except KernelError:
+            pass
+    return valid
+
+
+class ConfigTable:
+    """One JSON table of tuned configs for one GPU: {"version", "device", "entries": {key: config}}."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("version") != TABLE_VERSION:
+            return {}
+        entries = data.get("entries", {})
+        return entries if isinstance(entries, dict) else {}
+
+    def get(self, key: str) -> TileConfig | None:
+        raw = self.load().get(key)
+        if raw is None:
+            return None
+        try:
+            return TileConfig.from_dict(raw["config"] if "config" in raw else raw)
+        except (KernelError, TypeError, ValueError, KeyError):
+            return None
+
+    def update(self, new: dict[str, dict], device: str) -> None:
+        """Merge entries under an exclusive lock, then publish atomically (concurrent tuners lose nothing)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entries = self.load()
+            entries.update(new)
+            data = {"version": TABLE_VERSION, "device": device, "entries": dict(sorted(entries.items()))}
+            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+
+
+class Autotuner:
+    """Chooses tile configs (see module docstring for the lookup order)."""
+
+    def __init__(self, root: str | Path | None = None, policy: str | None = None, shipped_dir: Path = SHIPPED_DIR):
+        policy = policy or os.environ.get("LOWC_AUTOTUNE", "miss")
+        if policy not in POLICIES:
+            raise KernelError(f"autotune policy {policy!r} unknown; use one of {POLICIES} (LOWC_AUTOTUNE)")
+        self.policy = policy
+        self.root = Path(root) if root is not None else cache_dir()
+        self.shipped_dir = Path(shipped_dir)
+        self._memory: dict[tuple[str, str], TileConfig] = {}
+
+    def user_table(self, device: str) -> ConfigTable:
+        return ConfigTable(self.root / "autotune" / f"{device}.json")
+
+    def shipped_table(self, device: str) -> ConfigTable:
+        return ConfigTable(self.shipped_dir / f"{device}.json")
+
+    def lookup(self, spec: KernelSpec, m: int, n: int, k: int, device: str) -> TileConfig | None:
+        """A stored config (memory, user table, shipped table), or None."""
+        key = entry_key(spec, m, n, k)
+        hit = self._memory.get((device, key))
+        if hit is None:
+            hit = self.user_table(device).get(key) or self.shipped_table(device).get(key)
+            if hit is not None:
+                self._memory[(device, key)] = hit
+        return hit
+
+    def config_for(
+        self, spec: KernelSpec, m: int, n: int, k: int, device: str,
+        bench: Callable[[TileConfig], float] | None = None,
+    ) -> TileConfig:
+        """The config to launch with; tunes with `bench` (config -> seconds) on a miss if allowed."""
+        hit = self.lookup(spec, m, n, k, device)
+        if hit is not None:
+            try:
+                return hit.check(spec)
+            except KernelError:
+                pass  # a stale table entry (older constraints): fall through to tuning / default
+        if self.policy == "miss" and bench is not None:
+            return self.tune(spec, m, n, k, device, bench)
+        return default_config(spec, m, n, k)
+
+    def tune(
+        self, spec: KernelSpec, m: int, n: int, k: int, device: str,
+        bench: Callable[[TileConfig], float], candidates: Iterable[TileConfig] | None = None,
+    ) -> TileConfig:
+        """Time every candidate with `bench`, keep and store the fastest; failures are skipped."""
+        results = []
+        for cfg in candidates or candidate_configs(spec, m, n, k):
+            try:
+                results.append((bench(cfg), cfg))
+            except Exception:  # a config that does not compile or fit (shared memory) is no candidate
+                continue
+        if not results:
+            return default_config(spec, m, n, k)
+        seconds, best = min(results, key=lambda r: r[0])
+        key = entry_key(spec, m, n, k)
+        self._memory[(device, key)] = best
+        self.user_table(device).update({key: {"config": best.to_dict(), "us": round(seconds * 1e6, 2)}}, device)
+        return best
+
+
+@lru_cache(maxsize=None)
+def default_tuner() -> Autotuner:
+    """The process-wide tuner (root from LOWC_CACHE_DIR, policy from LOWC_AUTOTUNE, at first use)."""
+    return Autotuner()
