@@ -285,7 +285,7 @@ def eval_main(argv: list[str] | None = None) -> int:
 
         began = time.perf_counter()
         calibration = calibration_batches(tokenizer, args.calibration_samples, seq_len=512)
-        model = lowc.compile(model, scheme=args.scheme, calibration=calibration)
+        model = lowc.compile(model, scheme=args.scheme, calibration=calibration, progress=progress)
         compile_seconds = time.perf_counter() - began
     ids = tokenize(tokenizer, text)
     tokens = args.tokens or ids.numel()

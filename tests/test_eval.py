@@ -218,7 +218,7 @@ def test_eval_main_prints_perplexity_last_and_writes_json(tiny_registered, tmp_p
 def test_eval_main_compiles_with_calibration_batches(tiny_registered, monkeypatch, tmp_path):
     calls = []
 
-    def fake_compile(model, scheme, calibration):
+    def fake_compile(model, scheme, calibration, progress):
         calls.append((scheme, calibration))
         return model
 
