@@ -9,6 +9,8 @@ All math is float32 whatever the input dtype. For x [..., K]:
   q = clamp(round(x / s), -7, 7); the last O channels (the outliers the reorder pass moved there) get
   one INT8 scale per token as above. q int8 [..., K] holds the INT4 values unpacked; scale float32
   [..., ceil((K-O)/G) + (1 if O else 0)], the outlier scale last.
+- INT{M} per token (bit-plane formats w{N}a{M}_..., lowc.quant.bitplane; M in 4..8): as INT8 with
+  qmax = 2**(M-1) - 1 (31 for M=6), q held in int8.
 A row (or group) that is all zeros gets scale 1.0, so it quantizes to zeros and never divides by 0.
 """
 
@@ -18,7 +20,7 @@ import torch
 
 from lowc.errors import QuantizationError
 from lowc.quant.numerics import ceil_div, check_float_input, pad_last_dim
-from lowc.quant.spec import ACT_INT4_GROUP_INT8_TAIL, ACT_INT8_TOKEN, FormatSpec, as_spec
+from lowc.quant.spec import ACT_INT4_GROUP_INT8_TAIL, ACT_INT8_TOKEN, ACT_INT_TOKEN, FormatSpec, as_spec
 
 INT8_MAX = 127
 INT4_MAX = 7
@@ -70,6 +72,9 @@ def quantize_activation(x: torch.Tensor, fmt: str | FormatSpec) -> tuple[torch.T
         return quantize_int8_per_token(x)
     if spec.act_kind == ACT_INT4_GROUP_INT8_TAIL:
         return quantize_int4_groups_int8_tail(x, spec.group, spec.outliers)
+    if spec.act_kind == ACT_INT_TOKEN:  # bit-plane formats (lowc.quant.bitplane): INT{M} per token
+        check_float_input(x, "activation")
+        return _symmetric(x.to(torch.float32), 2 ** (spec.act_bits - 1) - 1)
     spec.act_scale_groups(x.shape[-1])  # raises the "activations stay float" error
     raise AssertionError("unreachable")
 
@@ -77,7 +82,9 @@ def quantize_activation(x: torch.Tensor, fmt: str | FormatSpec) -> tuple[torch.T
 def check_quantized_activation(q: torch.Tensor, scale: torch.Tensor, spec: FormatSpec) -> None:
     """Raise QuantizationError unless (q, scale) has the dtypes and shapes quantize_act produces."""
     if q.dtype != torch.int8:
-        raise QuantizationError(f"{spec.name}: quantized activation must be int8, got {q.dtype}; run quantize_act first")
+        raise QuantizationError(
+            f"{spec.name}: quantized activation must be int8, got {q.dtype}; run quantize_act first"
+        )
     if scale is None or scale.dtype != torch.float32:
         got = None if scale is None else scale.dtype
         raise QuantizationError(f"{spec.name}: activation scale must be a float32 tensor, got {got}")
@@ -93,7 +100,7 @@ def dequantize_activation(q: torch.Tensor, scale: torch.Tensor, fmt: str | Forma
     """Inverse of quantize_activation: float32 [..., K]."""
     spec = as_spec(fmt)
     check_quantized_activation(q, scale, spec)
-    if spec.act_kind == ACT_INT8_TOKEN:
+    if spec.act_kind in (ACT_INT8_TOKEN, ACT_INT_TOKEN):
         return q.to(torch.float32) * scale
     k = q.shape[-1]
     normal = k - spec.outliers

@@ -17,8 +17,10 @@ Families (G = group size along K, a power of two >= 2; O = number of INT8 outlie
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from lowc.errors import QuantizationError
 
@@ -97,9 +99,40 @@ def parse_format(name: str) -> FormatSpec:
         if family == "w4a16_g":
             return FormatSpec(name, family, 4, 16, _check_group(name, int(match[1])))
         return FormatSpec(name, family, 4, 4, _check_group(name, int(match[1])), int(match[2]))
-    raise QuantizationError(f"unknown format name {name!r}; valid forms: {_VALID_FORMS}")
+    extension = _parse_extension(name)
+    if extension is not None:
+        return extension
+    forms = ", ".join([_VALID_FORMS, *(forms for _, _, forms in _EXTENSIONS)])
+    raise QuantizationError(f"unknown format name {name!r}; valid forms: {forms}")
 
 
 def as_spec(fmt: str | FormatSpec) -> FormatSpec:
     """Accept either a name or an already parsed spec."""
     return fmt if isinstance(fmt, FormatSpec) else parse_format(fmt)
+
+
+# -- Format families defined in other modules (added for lowc.quant.bitplane) -------------------------
+# A module outside this file may add a family: it calls register_format_family at import, and is
+# listed in EXTENSION_MODULES so that parse_format imports it on its first unknown name. Its names
+# then parse even when nothing imported that module yet (e.g. a saved graph run in a fresh process).
+# Its FormatSpec may be a subclass (extra fields, its own act_kind); ACT_INT_TOKEN is the activation
+# kind of the bit-plane formats: symmetric INT{act_bits} per token, values held in int8, one scale.
+ACT_INT_TOKEN = "int_per_token"
+EXTENSION_MODULES = ("lowc.quant.bitplane",)
+_EXTENSIONS: list[tuple[re.Pattern, Callable[[str, re.Match], FormatSpec], str]] = []
+
+
+def register_format_family(pattern: str, build: Callable[[str, re.Match], FormatSpec], forms: str) -> None:
+    """Add a family: names that fully match `pattern` parse as `build(name, match)`; `forms` is the
+    human-readable form listed in errors (e.g. "w{N}a{M}_g{G}_bp")."""
+    _EXTENSIONS.append((re.compile(pattern), build, forms))
+
+
+def _parse_extension(name: str) -> FormatSpec | None:
+    for module in EXTENSION_MODULES:
+        importlib.import_module(module)
+    for pattern, build, _ in _EXTENSIONS:
+        match = pattern.fullmatch(name)
+        if match is not None:
+            return build(name, match)
+    return None
