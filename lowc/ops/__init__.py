@@ -5,3 +5,4 @@ oracle; the runtime registers CUDA kernels on top.
 """
 
 from lowc.ops import attention, norm  # noqa: F401  (registers lowc::attention, lowc::rms_norm)
+from lowc.ops import quant_ops  # noqa: F401  (registers lowc::quantize_act, lowc::qlinear)

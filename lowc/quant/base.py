@@ -85,7 +85,8 @@ def finish_linear(
     if bias is not None:
         if bias.dim() != 1 or bias.shape[0] != y.shape[-1] or not bias.is_floating_point():
             raise QuantizationError(
-                f"{spec.name}: bias must be a float vector of {y.shape[-1]} elements, got {bias.dtype}{list(bias.shape)}"
+                f"{spec.name}: bias must be a float vector of {y.shape[-1]} elements, "
+                f"got {bias.dtype}{list(bias.shape)}"
             )
         y = y + bias.to(torch.float32)
     return y.to(out_dtype).reshape(*lead_shape, y.shape[-1])

@@ -1,15 +1,16 @@
 """The two rounding rules that weight and KV formats share, over the last dim of a float32 tensor.
 
-- Symmetric with an fp16 scale: s = fp16(absmax / qmax), q = clamp(round(x / s), -qmax, qmax).
+- Symmetric with an fp16 scale: s = fp16_up(absmax / qmax), q = clamp(round(x / s), -qmax, qmax).
 - Asymmetric UINT4 with an integer zero: the range [min(x, 0), max(x, 0)] always contains 0,
-  s = fp16(span / 15), z = clamp(round(-min / s), 0, 15), q = clamp(round(x / s) + z, 0, 15), and
+  s = fp16_up(span / 15), z = clamp(round(-min / s), 0, 15), q = clamp(round(x / s) + z, 0, 15), and
   x' = (q - z) * s. Keeping 0 in the range makes zero padding harmless (it never changes a group's
-  statistics, and a padded 0 encodes as q = z, exactly 0) and keeps z inside 0..15 (it can only leave
-  it through the fp16 rounding of s, by at most 2**-11 relative, hence the clamp).
+  statistics, and a padded 0 encodes as q = z, exactly 0) and keeps z inside 0..15 (the clamp only
+  guards float32 rounding of -min / s).
 
-fp16 scales are rounded to nearest from the float32 value and the quantizer divides by the rounded
-scale, so what is stored is what was used; a scale is never below 2**-24 (all-zero rows quantize to 0).
-The error is at most half a step plus what the scale's fp16 rounding can clip: |x - x'| <= 0.52 * s.
+fp16_up(v) is the smallest fp16 >= v (`to_fp16_scale`): scales are rounded UP from float32 and the
+quantizer divides by the stored scale, so what is stored is what was used and nothing is ever
+clipped: |x - x'| <= s / 2 (up to float32 rounding of x / s). A scale is never below 2**-24, so
+all-zero rows quantize to exact zeros.
 """
 
 from __future__ import annotations

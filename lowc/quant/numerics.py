@@ -14,8 +14,8 @@ from lowc.errors import QuantizationError
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-# Smallest positive fp16 value (a subnormal). fp16 scales are clamped below at it, so a scale never
-# rounds to 0 and an all-zero row or group (scale FP16_TINY) quantizes to exact zeros.
+# Smallest positive fp16 value (a subnormal). fp16 scales are clamped below at it, so a scale is never
+# 0 and an all-zero row or group (scale FP16_TINY) quantizes to exact zeros.
 FP16_TINY = 2.0**-24
 FP16_MAX = 65504.0
 
@@ -36,13 +36,22 @@ def check_float_input(t: torch.Tensor, what: str, ndim: int | None = None) -> No
 
 
 def to_fp16_scale(scale: torch.Tensor, what: str) -> torch.Tensor:
-    """Round float32 scales to fp16 (nearest), clamped below at FP16_TINY; overflow is an error."""
+    """Round positive float32 scales UP to the nearest fp16 value, clamped below at FP16_TINY.
+
+    Rounding up (not to nearest) means the stored scale's grid always covers the range it was
+    computed from, so nothing is clipped and the error stays within half a step even for tiny,
+    subnormal-fp16 scales. A kernel reproduces it as: s16 = fp16_rn(s); if float(s16) < s, step s16
+    to the next fp16 up (its int16 bit pattern + 1). Overflow of fp16 is an error.
+    """
     if bool((scale > FP16_MAX).any()):
         raise QuantizationError(
             f"{what}: a scale exceeds the fp16 maximum {FP16_MAX} (values too large for this format); "
             "rescale the tensor (e.g. fold a smoothing factor differently) or use a wider format"
         )
-    return scale.clamp_min(FP16_TINY).to(torch.float16)
+    scale = scale.to(torch.float32).clamp_min(FP16_TINY)
+    nearest = scale.to(torch.float16)
+    next_up = (nearest.view(torch.int16) + 1).view(torch.float16)
+    return torch.where(nearest.to(torch.float32) < scale, next_up, nearest)
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -70,20 +79,27 @@ def padded_k(k: int, group: int, pad: bool, what: str) -> int:
     return ceil_div(k, group) * group
 
 
-def exact_int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a [M, K] @ b [N, K]^T for integer-valued tensors, exact, returned as int32 [M, N].
+def exact_int_matmul(a: torch.Tensor, b: torch.Tensor, bound: int = 128) -> torch.Tensor:
+    """a [M, K] @ b [N, K]^T for integer-valued tensors with |a|, |b| <= bound: exact int32 [M, N].
 
-    Computed as a float64 GEMM, which is exact while every partial sum stays below 2**53: with
-    |a|, |b| <= 128 that holds for any K < 2**39. float64 BLAS is far faster than integer matmul on
-    CPU, and the result equals an int64 matmul exactly (the tests check that).
+    float32 GEMMs over K-chunks small enough that every partial sum stays below 2**24 are exact
+    whatever BLAS's summation order (1024 columns for int8 operands); the chunk results are summed
+    in int32. On CPU this is far faster than an integer matmul, and equals an int64 matmul exactly
+    (the tests check that). `bound` is the caller's promise, from the operands' dtype or format.
     """
     k = a.shape[-1]
-    bound = float(a.abs().max() if a.numel() else 0) * float(b.abs().max() if b.numel() else 0) * k
-    if bound >= 2.0**31:
+    if k * bound * bound >= 2**31:
         raise QuantizationError(
-            f"integer accumulation bound {bound:.3g} overflows int32 (K={k}); split K into smaller groups"
+            f"integer accumulation over K={k} with |values| <= {bound} may overflow int32; split K into groups"
         )
-    return (a.to(torch.float64) @ b.to(torch.float64).T).to(torch.int32)
+    chunk = max(1, 2**24 // (bound * bound))
+    a32, b32 = a.to(torch.float32), b.to(torch.float32)
+    if k <= chunk:
+        return (a32 @ b32.T).to(torch.int32)
+    acc = torch.zeros(a.shape[0], b.shape[0], dtype=torch.int32, device=a.device)
+    for start in range(0, k, chunk):  # a handful of wide chunks, not a loop over elements
+        acc += (a32[:, start : start + chunk] @ b32[:, start : start + chunk].T).to(torch.int32)
+    return acc
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

@@ -1,7 +1,7 @@
 """`w4a8_pc`: QoQ per-channel W4A8 (QServe's per-channel weights): UINT4 per output channel.
 
 Per output channel n, asymmetric over the range [min(W[n], 0), max(W[n], 0)]:
-    s[n] = fp16(span / 15),  z[n] = clamp(round(-min / s), 0, 15),  q = clamp(round(W / s) + z, 0, 15)
+    s[n] = fp16_up(span / 15),  z[n] = clamp(round(-min / s), 0, 15),  q = clamp(round(W / s) + z, 0, 15)
     W' = (q - z) * s
 The zero is an integer (stored exactly in fp16) so the whole integer part of the GEMM stays exact:
 the kernel feeds q (0..15) to the INT8 dot as is and corrects in the epilogue with the per-token sum

@@ -1,7 +1,7 @@
 """`w4a8_g{G}`: QoQ progressive group quantization (QServe's W4A8 g128 weights).
 
 Level 0, per output channel n, symmetric INT8 with the protective range 119:
-    s0[n] = fp16(absmax(W[n, :]) / 119),   w8 = clamp(round(W / s0), -119, 119)
+    s0[n] = fp16_up(absmax(W[n, :]) / 119),   w8 = clamp(round(W / s0), -119, 119)
 Level 1, per group of G along K, asymmetric UINT4 on the integers w8 with an integer scale s1 and
 an integer zero z in 0..15 (the group's range [min(w8, 0), max(w8, 0)] always contains 0):
     q = clamp(round(w8 / s1) + z, 0, 15),   w8' = q * s1 - z * s1    (integer, fits int8)
@@ -39,9 +39,10 @@ PROTECTIVE_RANGE = 119
 
 
 def _level1_error(w8: torch.Tensor, vmin: torch.Tensor, s1: torch.Tensor):
+    """(q, z, squared error per group) of one s1 candidate; in-place ops keep big weights fast."""
     z = torch.clamp(torch.round(-vmin / s1), 0, 15)
-    q = torch.clamp(torch.round(w8 / s1) + z, 0, 15)
-    err = ((q - z) * s1 - w8).square().sum(dim=-1, keepdim=True)
+    q = torch.div(w8, s1).round_().add_(z).clamp_(0, 15)
+    err = (q - z).mul_(s1).sub_(w8).square_().sum(dim=-1, keepdim=True)
     return q, z, err
 
 
@@ -78,7 +79,7 @@ class W4A8Grouped(PackedWeight):
         n, k = w.shape
         w = w.to(torch.float32)
         s0 = to_fp16_scale(w.abs().amax(dim=1) / PROTECTIVE_RANGE, f"{spec.name} level-0 scale")
-        w8 = torch.clamp(torch.round(w / s0.to(torch.float32)[:, None]), -PROTECTIVE_RANGE, PROTECTIVE_RANGE)
+        w8 = torch.div(w, s0.to(torch.float32)[:, None]).round_().clamp_(-PROTECTIVE_RANGE, PROTECTIVE_RANGE)
         kp = padded_k(k, spec.group, pad, spec.name)
         groups = pad_last_dim(w8, kp).unflatten(-1, (kp // spec.group, spec.group))
         q, s1, z = quantize_level1(groups)
@@ -90,7 +91,8 @@ class W4A8Grouped(PackedWeight):
             (z * s1).squeeze(-1).to(torch.uint8),
             s0,
         )
-        packed.int_weight()  # asserts the protective-range guarantee: w8' fits int8
+        if w.numel() and float(packed._w8_float().abs().max()) > 127:  # the protective-range guarantee
+            raise QuantizationError(f"{spec.name}: q * s1 - z * s1 left int8; the protective range is broken")
         return packed
 
     @classmethod
@@ -106,20 +108,19 @@ class W4A8Grouped(PackedWeight):
         )
         return cls(spec, in_features, *tensors)
 
-    def int_weight(self) -> torch.Tensor:
-        """w8' = q * s1 - z * s1 as int16 [N, Kp] (int8-valued; the tensor the INT8 GEMM consumes)."""
+    def _w8_float(self) -> torch.Tensor:
+        """w8' = q * s1 - z * s1 as integer-valued float32 [N, Kp] (exact: |values| <= 240)."""
         g = self.spec.group
-        q = unpack_uint4(self.qweight).to(torch.int16).unflatten(-1, (-1, g))
-        w8 = (q * self.s1.to(torch.int16)[..., None] - self.zs1.to(torch.int16)[..., None]).flatten(-2)
-        if w8.numel() and int(w8.abs().max()) > 127:
-            raise QuantizationError(
-                f"{self.spec.name}: q * s1 - z * s1 leaves int8 (protective range broken or tensors corrupt)"
-            )
-        return w8
+        q = unpack_uint4(self.qweight).to(torch.float32).unflatten(-1, (-1, g))
+        return q.mul_(self.s1.to(torch.float32)[..., None]).sub_(self.zs1.to(torch.float32)[..., None]).flatten(-2)
+
+    def int_weight(self) -> torch.Tensor:
+        """w8' as int8 [N, Kp]: the operand of the INT8 GEMM (padding included, decoding to 0)."""
+        return self._w8_float().to(torch.int8)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight [N, K] this packing represents (the reference)."""
-        w = self.int_weight().to(torch.float32) * self.s0.to(torch.float32)[:, None]
+        w = self._w8_float() * self.s0.to(torch.float32)[:, None]
         return w[:, : self.in_features]
 
     def linear(self, x: torch.Tensor, x_scale: torch.Tensor, bias, out_dtype: torch.dtype) -> torch.Tensor:
@@ -128,6 +129,6 @@ class W4A8Grouped(PackedWeight):
         check_quantized_activation(x, x_scale, self.spec)
         lead = x.shape[:-1]
         x2 = pad_last_dim(x.reshape(-1, self.in_features), self.qweight.shape[1] * 2)
-        acc = exact_int_matmul(x2, self.int_weight())
+        acc = exact_int_matmul(x2, self._w8_float(), bound=128)
         y = acc.to(torch.float32) * x_scale.reshape(-1, 1) * self.s0.to(torch.float32)[None, :]
         return finish_linear(y, bias, out_dtype, lead, self.spec)

@@ -1,6 +1,6 @@
 """`w8a8`: SmoothQuant-style INT8 weights per output channel, INT8 activations per token.
 
-    s[n] = fp16(absmax(W[n, :]) / 127),  q = clamp(round(W / s), -127, 127),  W' = q * s
+    s[n] = fp16_up(absmax(W[n, :]) / 127),  q = clamp(round(W / s), -127, 127),  W' = q * s
 GEMM: acc = x_q @ q^T exact in int32, y = acc * s_x[m] * s[n] (+ bias) in float32.
 Tensors: qweight int8 [N, K] (no padding), scale fp16 [N].
 """
