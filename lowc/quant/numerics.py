@@ -85,7 +85,9 @@ def exact_int_matmul(a: torch.Tensor, b: torch.Tensor, bound: int = 128) -> torc
     float32 GEMMs over K-chunks small enough that every partial sum stays below 2**24 are exact
     whatever BLAS's summation order (1024 columns for int8 operands); the chunk results are summed
     in int32. On CPU this is far faster than an integer matmul, and equals an int64 matmul exactly
-    (the tests check that). `bound` is the caller's promise, from the operands' dtype or format.
+    (the tests check that). On CUDA it stays exact under TF32 or bf16 matmul precision too: operands
+    up to 256 in magnitude are exact in those inputs and the accumulation is float32.
+    `bound` is the caller's promise, from the operands' dtype or format.
     """
     k = a.shape[-1]
     if k * bound * bound >= 2**31:
