@@ -1,0 +1,413 @@
+"""Launcher of the bit-plane qlinear kernels, and the selector that picks their realization by measurement.
+
+    qlinear_bitplane(x, x_scale, weight, bias, fmt, out_dtype, *, realization=None, config=None,
+                     raw=False, cache=None, selector=None) -> Tensor
+
+runs a `w{N}a{M}_..._bp` lowc::qlinear (lowc.quant.bitplane) through one of two generated kernels:
+  "unpack"  (codegen/templates/qlinear_bitplane_unpack.py): planes -> INT8 in registers, INT8 tl.dot;
+  "binary"  (codegen/templates/qlinear_bitplane_binary.py): AND + popcount over both operands' planes.
+Each realization is its own KernelSpec (op `qlinear_unpack` / `qlinear_binary`), so each has its own
+kernel file, cache entry and tuned configs. `raw=True` returns the exact per-group INT32 accumulators
+[M, NG, N] instead of the output (the exactness test).
+
+Which realization and tile a call uses is decided per (format, output dtype, M bucket, N, K, GPU) by
+`RealizationSelector`, in this order: this process's memory; the user table
+`<cache>/autotune/bitplane-<gpu>.json`; the shipped table `lowc/runtime/configs/bitplane-<gpu>.json`;
+on a GPU with policy "miss" (LOWC_AUTOTUNE, as lowc.runtime.autotune) every candidate of BOTH
+realizations is timed and the winner is stored in the user table together with the best time of each
+realization; otherwise a rule (unpack everywhere: the INT8 tensor-core path is the safe default).
+So the realization choice is stored with the autotune results, per M bucket.
+
+`register_cuda_kernels()` makes lowc::qlinear's CUDA kernel dispatch bit-plane formats here and every
+other format to lowc.runtime.gemm's kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lowc.codegen.kernel_files import cache_dir
+from lowc.codegen.spec import KernelSpec, dtype_name
+from lowc.errors import KernelError, QuantizationError
+from lowc.quant.bitplane import FAMILY_INT, FAMILY_PLANES, BitplaneSpec
+from lowc.quant.spec import as_spec
+from lowc.runtime.autotune import POLICIES, SHIPPED_DIR, ConfigTable, TileConfig, m_bucket
+from lowc.runtime.kernel_cache import KernelCache, default_cache
+
+REALIZATIONS = ("unpack", "binary")
+TEMPLATES = {"unpack": "qlinear_bitplane_unpack", "binary": "qlinear_bitplane_binary"}
+LAYOUT = "bitplane_u32[P,N,Kp/32]_lsb_first"
+DEFAULT_REALIZATION = "unpack"
+# The binary kernel holds an [A planes (4 or 8), BN, BM, BK/32] popcount tile in registers.
+BINARY_TILE_LIMIT = 8192
+FLOAT_OUT = ("bfloat16", "float16", "float32")
+
+
+def bitplane_spec(fmt) -> BitplaneSpec:
+    """The parsed bit-plane format of a qlinear node; a named error for anything else."""
+    spec = as_spec(fmt)
+    if not isinstance(spec, BitplaneSpec):
+        raise KernelError(f"{spec.name} is not a bit-plane format; its kernels are lowc.runtime.gemm's")
+    if spec.family == FAMILY_INT:
+        raise KernelError(
+            f"{spec.name} is the direct integer form, which has no kernel; the bitplane pass rewrites it to "
+            f"{spec.with_form('bp').name} (run the scheme's pipeline, which ends quantize -> bitplane)"
+        )
+    return spec
+
+
+def kernel_spec(fmt, realization: str, out_dtype=torch.bfloat16, *, raw: bool = False) -> KernelSpec:
+    """The KernelSpec of one realization of a bit-plane qlinear (w_bits = number of weight planes)."""
+    spec = bitplane_spec(fmt)
+    if realization not in REALIZATIONS:
+        raise KernelError(f"unknown bit-plane realization {realization!r}; choose from {REALIZATIONS}")
+    out = "int32" if raw else dtype_name(out_dtype)
+    if out not in FLOAT_OUT + (("int32",) if raw else ()):
+        raise KernelError(f"out_dtype must be one of {FLOAT_OUT}, got {out}")
+    return KernelSpec(
+        op=f"qlinear_{realization}", fmt=spec.name, family=FAMILY_PLANES, w_bits=spec.planes,
+        a_bits=spec.act_bits, group_size=spec.group or 0, n_outliers=0, x_dtype="int8", out_dtype=out,
+        layout=LAYOUT, template=TEMPLATES[realization],
+    )
+
+
+# -- tile configurations -------------------------------------------------------------------------------
+
+
+def check_config(spec: KernelSpec, realization: str, cfg: TileConfig) -> TileConfig:
+    """Raise KernelError if `cfg` cannot run this realization of `spec`; returns cfg."""
+    problems = []
+    for name in ("BM", "BN", "BK", "GROUP_M", "num_warps"):
+        v = getattr(cfg, name)
+        if v <= 0 or v & (v - 1):
+            problems.append(f"{name}={v} is not a power of two")
+    if cfg.BK < 32:
+        problems.append("BK must be >= 32 (one plane word)")
+    if spec.group_size and cfg.BK != spec.group_size:
+        problems.append(f"a K tile is one group, so BK must equal the group ({spec.group_size})")
+    if realization == "unpack" and (cfg.BM < 16 or cfg.BN < 16):
+        problems.append("the unpack realization feeds tl.dot: BM and BN must be >= 16")
+    if realization == "binary":
+        planes = 4 if spec.a_bits == 4 else 8
+        if planes * cfg.BN * cfg.BM * cfg.BK // 32 > BINARY_TILE_LIMIT:
+            problems.append(f"binary popcount tile {planes}x{cfg.BN}x{cfg.BM}x{cfg.BK // 32} exceeds {BINARY_TILE_LIMIT}")
+    if cfg.SPLIT_K < 1 or cfg.num_stages < 1:
+        problems.append("SPLIT_K and num_stages must be >= 1")
+    if problems:
+        raise KernelError(f"tile config {cfg} is invalid for {spec.name}: " + "; ".join(problems))
+    return cfg
+
+
+def _sm_count() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return 132  # an H100, so CPU-side choices match what the GPU would get
+
+
+def _split_for(tiles: int, k_tiles: int) -> int:
+    """Smallest split-K giving >= 2 programs per SM while each split keeps >= 4 K tiles."""
+    split, sms = 1, _sm_count()
+    while tiles * split < 2 * sms and k_tiles // (split * 2) >= 4 and split < 16:
+        split *= 2
+    return split
+
+
+def _bk(spec: KernelSpec, per_channel: int) -> int:
+    return spec.group_size or per_channel
+
+
+def default_config(spec: KernelSpec, realization: str, m: int, n: int, k: int) -> TileConfig:
+    """A rule of thumb when nothing was measured (docs/bitplane.md gives the reasoning)."""
+    if realization == "binary":
+        bm = min(16, m_bucket(m))
+        bk = _bk(spec, 128)
+        bn = 64
+        planes = 4 if spec.a_bits == 4 else 8
+        while bn > 16 and planes * bn * bm * bk // 32 > BINARY_TILE_LIMIT:
+            bn //= 2
+        split = _split_for(-(-m // bm) * -(-n // bn), -(-k // bk))
+        return check_config(spec, realization, TileConfig(bm, bn, bk, split, 4, 3))
+    if m <= 16:
+        bm, bn, bk, warps, stages = 16, 64, _bk(spec, 256), 4, 4
+    elif m <= 64:
+        bm, bn, bk, warps, stages = m_bucket(m), 128, _bk(spec, 128), 4, 4
+    elif m <= 256:
+        bm, bn, bk, warps, stages = 64, 128, _bk(spec, 128), 4, 3
+    else:
+        bm, bn, bk, warps, stages = 128, 128, _bk(spec, 128), 8, 3
+    split = _split_for(-(-m // bm) * -(-n // bn), -(-k // bk)) if m <= 64 else 1
+    return check_config(spec, realization, TileConfig(bm, bn, bk, split, warps, stages))
+
+
+def candidate_configs(spec: KernelSpec, realization: str, m: int, n: int, k: int) -> list[TileConfig]:
+    """The small space timed per (spec, M bucket, N, K): a few tiles around the default."""
+    out = [default_config(spec, realization, m, n, k)]
+    bks = [spec.group_size] if spec.group_size else [128, 256]
+    if realization == "binary":
+        for bm in sorted({min(16, m_bucket(m)), max(1, min(16, m_bucket(m)) // 2)}):
+            for bn in (16, 32, 64, 128):
+                for bk in bks:
+                    split = _split_for(-(-m // bm) * -(-n // bn), -(-k // bk))
+                    for s in sorted({1, split}):
+                        out.append(TileConfig(bm, bn, bk, s, 4, 3))
+    elif m <= 64:
+        for bn in (64, 128):
+            for bk in bks:
+                split = _split_for(-(-m // max(16, m_bucket(m))) * -(-n // bn), -(-k // bk))
+                for s in sorted({1, split, max(1, split // 2)}):
+                    for stages in (3, 4):
+                        out.append(TileConfig(max(16, m_bucket(m)), bn, bk, s, 4, stages))
+    else:
+        for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (128, 256, 8)):
+            for stages in (3, 4):
+                out.append(TileConfig(bm, bn, bks[0], 1, warps, stages))
+    valid = []
+    for c in dict.fromkeys(out):
+        try:
+            valid.append(check_config(spec, realization, c))
+        except KernelError:
+            pass
+    return valid
+
+
+def _spec_named(fmt: str, realization: str, out: str) -> KernelSpec:
+    """kernel_spec from an output dtype name ('int32' = the raw accumulators)."""
+    return kernel_spec(fmt, realization, torch.float32 if out == "int32" else out, raw=out == "int32")
+
+
+# -- the selector --------------------------------------------------------------------------------------
+
+
+class RealizationSelector:
+    """(realization, TileConfig) per (format, out dtype, M bucket, N, K, GPU); see module docstring."""
+
+    def __init__(self, root: str | Path | None = None, policy: str | None = None, shipped_dir: Path = SHIPPED_DIR):
+        policy = policy or os.environ.get("LOWC_AUTOTUNE", "miss")
+        if policy not in POLICIES:
+            raise KernelError(f"autotune policy {policy!r} unknown; use one of {POLICIES} (LOWC_AUTOTUNE)")
+        self.policy = policy
+        self.root = Path(root) if root is not None else cache_dir()
+        self.shipped_dir = Path(shipped_dir)
+        self._memory: dict[tuple[str, str], tuple[str, TileConfig]] = {}
+
+    @staticmethod
+    def key(fmt: str, out: str, m: int, n: int, k: int) -> str:
+        return f"{fmt}|o{out}|m{m_bucket(m)}|n{n}|k{k}"
+
+    def user_table(self, device: str) -> ConfigTable:
+        return ConfigTable(self.root / "autotune" / f"bitplane-{device}.json")
+
+    def shipped_table(self, device: str) -> ConfigTable:
+        return ConfigTable(self.shipped_dir / f"bitplane-{device}.json")
+
+    def lookup(self, fmt: str, out: str, m: int, n: int, k: int, device: str) -> tuple[str, TileConfig] | None:
+        key = self.key(fmt, out, m, n, k)
+        hit = self._memory.get((device, key))
+        if hit is not None:
+            return hit
+        for table in (self.user_table(device), self.shipped_table(device)):
+            raw = table.load().get(key)
+            try:
+                hit = raw["realization"], TileConfig.from_dict(raw["config"])
+                check_config(_spec_named(fmt, hit[0], out), *hit)
+            except (KernelError, TypeError, ValueError, KeyError):
+                continue  # absent, or a stale entry: fall through
+            self._memory[(device, key)] = hit
+            return hit
+        return None
+
+    def choose(
+        self, fmt: str, out: str, m: int, n: int, k: int, device: str,
+        bench: Callable[[str, TileConfig], float] | None = None,
+    ) -> tuple[str, TileConfig]:
+        hit = self.lookup(fmt, out, m, n, k, device)
+        if hit is not None:
+            return hit
+        if self.policy == "miss" and bench is not None:
+            return self.measure(fmt, out, m, n, k, device, bench)
+        r = DEFAULT_REALIZATION
+        return r, default_config(_spec_named(fmt, r, out), r, m, n, k)
+
+    def measure(
+        self, fmt: str, out: str, m: int, n: int, k: int, device: str, bench: Callable[[str, TileConfig], float],
+    ) -> tuple[str, TileConfig]:
+        """Time every candidate of both realizations (bench: (realization, config) -> seconds); store the winner."""
+        best: dict[str, tuple[float, TileConfig]] = {}
+        for r in REALIZATIONS:
+            for cfg in candidate_configs(_spec_named(fmt, r, out), r, m, n, k):
+                try:
+                    t = bench(r, cfg)
+                except Exception:  # a config that does not compile or fit is no candidate
+                    continue
+                if r not in best or t < best[r][0]:
+                    best[r] = (t, cfg)
+        if not best:
+            r = DEFAULT_REALIZATION
+            return r, default_config(_spec_named(fmt, r, out), r, m, n, k)
+        winner = min(best, key=lambda r: best[r][0])
+        seconds, cfg = best[winner]
+        key = self.key(fmt, out, m, n, k)
+        self._memory[(device, key)] = (winner, cfg)
+        entry = {"realization": winner, "config": cfg.to_dict(), "us": round(seconds * 1e6, 2),
+                 "us_by_realization": {r: round(t * 1e6, 2) for r, (t, _) in best.items()}}
+        self.user_table(device).update({key: entry}, device)
+        return winner, cfg
+
+
+@functools.lru_cache(maxsize=None)
+def default_selector() -> RealizationSelector:
+    return RealizationSelector()
+
+
+# -- launch --------------------------------------------------------------------------------------------
+
+
+def _check_inputs(spec: BitplaneSpec, x, x_scale, weight, bias) -> int:
+    """Validate the operands; returns the padded K the planes span."""
+    if len(weight) != 3:
+        raise QuantizationError(f"{spec.name}: expected weight tensors [planes, scale, zero], got {len(weight)}")
+    planes, scale, zero = weight
+    k = x.shape[-1]
+    kw = spec.padded_k(k)
+    expect = (spec.planes, scale.shape[0], kw // 32)
+    if planes.dtype != torch.uint32 or tuple(planes.shape) != expect:
+        raise QuantizationError(
+            f"{spec.name}: planes are {planes.dtype}{list(planes.shape)}, expected uint32{list(expect)} for "
+            f"K={k}; was the weight packed for another in_features or format?"
+        )
+    if x.dtype != torch.int8 or x_scale is None or x_scale.dtype != torch.float32:
+        raise QuantizationError(f"{spec.name}: x must be int8 and x_scale float32, both from lowc::quantize_act")
+    devices = {t.device for t in (x, x_scale, *weight)} | ({bias.device} if bias is not None else set())
+    if len(devices) != 1:
+        raise KernelError(f"{spec.name}: x, weight and bias must be on one device, got {sorted(map(str, devices))}")
+    return kw
+
+
+@functools.lru_cache(maxsize=None)
+def _device_slug(index: int) -> str:
+    from lowc.runtime.autotune import device_slug
+
+    return device_slug(torch.cuda.get_device_name(index))
+
+
+def qlinear_bitplane(
+    x: torch.Tensor,
+    x_scale: torch.Tensor,
+    weight: list[torch.Tensor],
+    bias: torch.Tensor | None,
+    fmt: str,
+    out_dtype: torch.dtype,
+    *,
+    realization: str | None = None,
+    config: TileConfig | None = None,
+    raw: bool = False,
+    cache: KernelCache | None = None,
+    selector: RealizationSelector | None = None,
+) -> torch.Tensor:
+    """y = x @ W^T (+ bias) for a bit-plane format through a generated kernel (see module docstring)."""
+    spec = bitplane_spec(fmt)
+    kw = _check_inputs(spec, x, x_scale, weight, bias)
+    cache = cache or default_cache()
+    k = x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m, n = x2.shape[0], weight[1].shape[0]
+    ng = kw // spec.group_len(k)
+    out = torch.empty((m, ng, n) if raw else (m, n), dtype=torch.int32 if raw else out_dtype, device=x.device)
+    if m == 0 or n == 0:
+        return out if raw else out.reshape(*lead, n)
+    sx = x_scale.reshape(m, -1).contiguous()
+    weight = [w.contiguous() for w in weight]
+    bias_arg = bias.contiguous() if bias is not None else out
+
+    def launch(r: str, cfg: TileConfig) -> None:
+        kspec = kernel_spec(spec, r, out_dtype, raw=raw)
+        _launch(cache, kspec, check_config(kspec, r, cfg), x2, sx, weight, bias_arg, bias is not None, out, m, n, k, kw)
+
+    if realization is None or config is None:
+        on_gpu = x.device.type == "cuda"
+        device = _device_slug(x.device.index or 0) if on_gpu else "cpu"
+        out_name = "int32" if raw else dtype_name(out_dtype)
+        chosen, cfg = (selector or default_selector()).choose(
+            spec.name, out_name, m, n, k, device, bench=_bencher(launch) if on_gpu else None
+        )
+        if realization is None:
+            realization = chosen
+        if config is None:
+            config = cfg if realization == chosen else default_config(
+                kernel_spec(spec, realization, out_dtype, raw=raw), realization, m, n, k)
+    launch(realization, config)
+    return out if raw else out.reshape(*lead, n)
+
+
+def _launch(cache: KernelCache, spec: KernelSpec, cfg: TileConfig, x2, sx, weight, bias_arg, has_bias, out,
+            m: int, n: int, k: int, kw: int) -> None:
+    loaded = cache.get(spec)
+    grid = (-(-m // cfg.BM) * -(-n // cfg.BN), cfg.SPLIT_K)
+    if cfg.SPLIT_K > 1:
+        acc_dtype = torch.int32 if spec.group_size == 0 else torch.float32  # per channel reduces exact INT32
+        ws = cache.scratch("splitk_partial_sums", out.device, acc_dtype, m * n)
+        tickets = cache.scratch("splitk_tickets", out.device, torch.int32, grid[0])
+    else:
+        ws = tickets = out  # never touched when SPLIT_K == 1
+    try:
+        loaded.kernel[grid](
+            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, x2.stride(0),
+            HAS_BIAS=has_bias, EVEN_K=(k % cfg.BK == 0 and kw == k), INTERPRETED=out.device.type == "cpu",
+            BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K, GROUP_M=cfg.GROUP_M,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
+        raise KernelError(
+            f"Triton kernel {spec.name} failed with {cfg} ({type(e).__name__}: {e}); kernel file: {loaded.path}"
+        ) from e
+
+
+def _bencher(launch):
+    """(realization, config) -> median seconds of one launch (the selector's timing function)."""
+
+    def bench(realization: str, cfg: TileConfig) -> float:
+        from triton.testing import do_bench
+
+        return do_bench(lambda: launch(realization, cfg), warmup=5, rep=25, return_mode="median") * 1e-3
+
+    return bench
+
+
+# -- registration as lowc::qlinear's CUDA kernel -------------------------------------------------------
+
+
+def is_bitplane_format(fmt: str) -> bool:
+    try:
+        return as_spec(fmt).family == FAMILY_PLANES
+    except QuantizationError:
+        return False
+
+
+def qlinear_cuda(x, x_scale, weight, bias, fmt, out_dtype):
+    """lowc::qlinear on CUDA: bit-plane formats here, every other format through lowc.runtime.gemm."""
+    from lowc.runtime import gemm
+
+    if not is_bitplane_format(fmt):
+        return gemm.qlinear_cuda(x, x_scale, weight, bias, fmt, out_dtype)
+    supported, _ = gemm.gpu_support(x.device.index or 0)
+    if not supported:
+        return gemm.qlinear_cuda(x, x_scale, weight, bias, fmt, out_dtype)  # the warning + reference path
+    return qlinear_bitplane(x, x_scale, weight, bias, fmt, out_dtype)
+
+
+def register_cuda_kernels() -> bool:
+    """lowc.runtime.gemm's registration, then this dispatcher on top of it; True if GPU kernels are active."""
+    from lowc.runtime import gemm
+
+    active = gemm.register_cuda_kernels()
+    if torch.cuda.is_available():
+        torch.library.register_kernel("lowc::qlinear", "cuda", qlinear_cuda)
+    return active

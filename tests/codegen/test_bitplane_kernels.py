@@ -1,0 +1,192 @@
+"""The bit-plane kernels (both realizations) against lowc.quant.bitplane's direct integer GEMM.
+
+On CPU every kernel runs under Triton's interpreter (TRITON_INTERPRET=1, set below when no GPU is
+present) on small odd shapes. The per-group INT32 accumulators must equal the reference bit for bit
+(hypothesis over shapes, bit-widths, groups, split-K); without split-K the float output too, since
+the kernel applies the same float32 products in the same order. `pytest -m gpu` repeats the checks
+on Llama-3-8B shapes on a CUDA device.
+"""
+
+import json
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from lowc.errors import KernelError, QuantizationError  # noqa: E402
+from lowc.quant import quantize_activation, quantize_weight  # noqa: E402
+from lowc.quant.bitplane import format_name  # noqa: E402
+from lowc.runtime import bitplane_gemm as bg  # noqa: E402
+from lowc.runtime.autotune import TileConfig  # noqa: E402
+from lowc.runtime.kernel_cache import KernelCache  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return KernelCache(tmp_path_factory.mktemp("kernels"))
+
+
+def make_case(fmt, m, n, k, seed=0, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * (1 + torch.rand(n, 1, generator=g))
+    x = torch.randn(m, k, generator=g) * (1 + 3 * torch.rand(1, k, generator=g))
+    packed = quantize_weight(w, fmt)
+    xq, sx = quantize_activation(x, fmt)
+    bias = torch.randn(n, generator=g)
+    return packed, [t.to(device) for t in packed.tensors()], xq.to(device), sx.to(device), bias.to(device)
+
+
+def tile(realization, group, m, split=1, bn=16):
+    bk = group or 64
+    bm = 16 if realization == "unpack" else max(1, min(16, 1 << (m - 1).bit_length()))
+    return TileConfig(bm, bn, bk, split)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    w_bits=st.integers(2, 8), a_bits=st.integers(4, 8), group=st.sampled_from([0, 32, 64]), bb=st.booleans(),
+    realization=st.sampled_from(bg.REALIZATIONS), m=st.integers(1, 5), n=st.integers(1, 40),
+    k=st.integers(1, 200), split=st.sampled_from([1, 2]), seed=st.integers(0, 99),
+)
+def test_accumulators_equal_the_direct_integer_gemm(cache, w_bits, a_bits, group, bb, realization, m, n, k, split, seed):
+    fmt = format_name(w_bits, a_bits, group, bb and w_bits == 2, "bp")
+    packed, weight, xq, sx, _ = make_case(fmt, m, n, k, seed)
+    acc = bg.qlinear_bitplane(xq, sx, weight, None, fmt, torch.float32, realization=realization,
+                              config=tile(realization, group, m, split), raw=True, cache=cache)
+    assert acc.dtype == torch.int32 and torch.equal(acc.cpu(), packed.accumulators(xq.cpu()))
+
+
+@pytest.mark.parametrize("realization", bg.REALIZATIONS)
+@pytest.mark.parametrize("fmt", ["w3a8_g32_bp", "w6a6_pc_bp", "w2a8_g64_bb_bp"])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_float_output_equals_reference_without_split_k(cache, realization, fmt, out_dtype):
+    packed, weight, xq, sx, bias = make_case(fmt, 3, 21, 150, seed=1)
+    group = packed.spec.group or 0
+    y = bg.qlinear_bitplane(xq, sx, weight, bias, fmt, out_dtype, realization=realization,
+                            config=tile(realization, group, 3), cache=cache)
+    ref = packed.linear(xq.cpu(), sx.cpu(), bias.cpu(), out_dtype)
+    if DEVICE == "cpu" and out_dtype == torch.float32:
+        assert torch.equal(y, ref)  # same float32 products, same order, no FMA in the interpreter
+    else:
+        # The interpreter's float32 -> bfloat16 cast truncates (torch rounds to nearest): 1 ulp; on the
+        # GPU an FMA contraction may differ in the last float32 bit.
+        ulp = 2.0**-7 if out_dtype == torch.bfloat16 else 2.0**-22
+        torch.testing.assert_close(y.cpu().float(), ref.float(), rtol=ulp, atol=1e-5)
+
+
+@pytest.mark.parametrize("realization", bg.REALIZATIONS)
+def test_split_k_and_leading_dims(cache, realization):
+    packed, weight, xq, sx, bias = make_case("w5a7_g32_bp", 4, 19, 256, seed=2)
+    xq3, sx3 = xq.reshape(2, 2, -1), sx.reshape(2, 2, 1)
+    y = bg.qlinear_bitplane(xq3, sx3, weight, bias, "w5a7_g32_bp", torch.float32, realization=realization,
+                            config=tile(realization, 32, 4, split=3), cache=cache)
+    ref = packed.linear(xq3.cpu(), sx3.cpu(), bias.cpu(), torch.float32)
+    assert y.shape == (2, 2, 19)
+    torch.testing.assert_close(y.cpu(), ref, rtol=1e-5, atol=1e-5)  # only the order of 3 float adds differs
+
+
+def test_rendered_sources_are_readable_and_distinct(cache):
+    specs = [bg.kernel_spec("w3a8_g128_bp", r) for r in bg.REALIZATIONS]
+    assert [s.op for s in specs] == ["qlinear_unpack", "qlinear_binary"] and specs[0].w_bits == 3
+    assert bg.kernel_spec("w2a8_g128_bb_bp", "unpack").w_bits == 3  # five levels need three planes
+    paths = [cache.get(s).path for s in specs]
+    assert paths[0] != paths[1]
+    text = paths[1].read_text()
+    assert "W_BITS = tl.constexpr(3)" in text and "A_BITS = tl.constexpr(8)" in text and "popcount" in text
+    assert "tl.dot" in paths[0].read_text()
+
+
+# -- the selector ----------------------------------------------------------------------------------------
+
+
+def test_selector_defaults_to_unpack_without_measurement(tmp_path):
+    sel = bg.RealizationSelector(tmp_path, policy="miss", shipped_dir=tmp_path / "none")
+    r, cfg = sel.choose("w3a8_g128_bp", "bfloat16", 1, 4096, 4096, "cpu")
+    assert r == "unpack" and cfg.BK == 128 and cfg.BM == 16 and cfg.SPLIT_K > 1
+    r, cfg = sel.choose("w6a6_pc_bp", "bfloat16", 4096, 4096, 4096, "cpu")
+    assert r == "unpack" and cfg.BM == 128 and cfg.SPLIT_K == 1
+
+
+def test_selector_measures_both_realizations_and_stores_the_choice(tmp_path):
+    sel = bg.RealizationSelector(tmp_path, policy="miss", shipped_dir=tmp_path / "none")
+    seen = set()
+
+    def bench(realization, cfg):
+        seen.add(realization)
+        return (1e-6 if realization == "binary" else 2e-6) * (1 + cfg.BN / 1024)
+
+    r, cfg = sel.choose("w2a8_g128_bp", "bfloat16", 3, 4096, 4096, "h100", bench=bench)
+    assert r == "binary" and seen == {"unpack", "binary"} and cfg.BN == 16
+    table = json.loads((tmp_path / "autotune" / "bitplane-h100.json").read_text())["entries"]
+    entry = table["w2a8_g128_bp|obfloat16|m4|n4096|k4096"]
+    assert entry["realization"] == "binary" and set(entry["us_by_realization"]) == {"unpack", "binary"}
+    # M=3 and M=4 share the bucket; a fresh selector reads the stored choice without timing anything.
+    fresh = bg.RealizationSelector(tmp_path, policy="miss", shipped_dir=tmp_path / "none")
+    assert fresh.choose("w2a8_g128_bp", "bfloat16", 4, 4096, 4096, "h100", bench=None) == (r, cfg)
+    # A different M bucket is a different decision.
+    assert fresh.choose("w2a8_g128_bp", "bfloat16", 64, 4096, 4096, "h100")[0] == "unpack"
+
+
+def test_selector_ignores_stale_entries(tmp_path):
+    sel = bg.RealizationSelector(tmp_path, policy="off", shipped_dir=tmp_path / "none")
+    key = sel.key("w3a8_g128_bp", "bfloat16", 1, 64, 256)
+    bad = {"realization": "binary", "config": TileConfig(16, 128, 256).to_dict()}  # BK != group, tile too big
+    sel.user_table("cpu").update({key: bad}, "cpu")
+    assert sel.choose("w3a8_g128_bp", "bfloat16", 1, 64, 256, "cpu")[0] == "unpack"
+
+
+# -- bad input -------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_name_the_problem(cache):
+    packed, weight, xq, sx, _ = make_case("w3a8_g32_bp", 2, 8, 64)
+    with pytest.raises(KernelError, match="bitplane pass rewrites it to w3a8_g32_bp"):
+        bg.kernel_spec("w3a8_g32_int", "unpack")
+    with pytest.raises(KernelError, match="not a bit-plane format"):
+        bg.kernel_spec("w4a8_g128", "unpack")
+    with pytest.raises(KernelError, match="unknown bit-plane realization"):
+        bg.kernel_spec("w3a8_g32_bp", "mma_b1")
+    with pytest.raises(KernelError, match="BK must equal the group"):
+        bg.qlinear_bitplane(xq, sx, weight, None, "w3a8_g32_bp", torch.float32, realization="unpack",
+                            config=TileConfig(16, 16, 64), cache=cache)
+    with pytest.raises(KernelError, match="BM and BN must be >= 16"):
+        bg.check_config(bg.kernel_spec("w3a8_g32_bp", "unpack"), "unpack", TileConfig(4, 16, 32))
+    with pytest.raises(QuantizationError, match="expected uint32"):
+        bg.qlinear_bitplane(xq, sx, [weight[0].to(torch.int32), *weight[1:]], None, "w3a8_g32_bp",
+                            torch.float32, cache=cache)
+    with pytest.raises(QuantizationError, match="int8"):
+        bg.qlinear_bitplane(xq.float(), sx, weight, None, "w3a8_g32_bp", torch.float32, cache=cache)
+
+
+def test_dispatch_recognises_bitplane_formats():
+    assert bg.is_bitplane_format("w3a8_g128_bp") and not bg.is_bitplane_format("w3a8_g128_int")
+    assert not bg.is_bitplane_format("w4a8_g128") and not bg.is_bitplane_format("nonsense")
+
+
+# -- GPU (device machine) -------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("realization", bg.REALIZATIONS)
+@pytest.mark.parametrize("fmt", ["w2a8_g128_bp", "w3a8_g128_bp", "w6a6_pc_bp", "w2a8_g128_bb_bp"])
+@pytest.mark.parametrize("m", [1, 16, 128])
+def test_gpu_llama_shapes_exact(tmp_path, realization, fmt, m):
+    if realization == "binary" and m > 16:
+        pytest.skip("the binary realization is a small-M kernel")
+    n, k = 4096, 4096
+    packed, weight, xq, sx, bias = make_case(fmt, m, n, k, device="cuda")
+    acc = bg.qlinear_bitplane(xq, sx, weight, None, fmt, torch.float32, realization=realization,
+                              config=bg.default_config(bg.kernel_spec(fmt, realization, raw=True), realization, m, n, k),
+                              raw=True)
+    assert torch.equal(acc.cpu(), packed.accumulators(xq.cpu()))
+    y = bg.qlinear_bitplane(xq, sx, weight, bias, fmt, torch.float32, realization=realization,
+                            selector=bg.RealizationSelector(tmp_path, policy="off"))  # no timing in tests
+    torch.testing.assert_close(y.cpu(), packed.linear(xq.cpu(), sx.cpu(), bias.cpu(), torch.float32),
+                               rtol=1e-4, atol=1e-3)
