@@ -1,0 +1,259 @@
+"""Attention over lowc's KV cache (kv16 / kv8 / kv4) with the dequantization inside the dot products.
+
+Cache layout read as stored by lowc.ops.kv_ops (per layer, K and V alike; S slots, HKV heads, M
+max tokens, D head_dim): data [S, HKV, M, D_LOAD] (kv16: model dtype, D_LOAD = D; kv8: int8, D;
+kv4: uint8, D/2, low nibble = even d), scale fp16 [S, HKV, M], zero fp16 [S, HKV, M] (kv4).
+Each (slot, head) is one contiguous run of tokens, so a tile of BLOCK_N tokens is one coalesced
+block of BLOCK_N * D_LOAD bytes plus BLOCK_N scales (and zeros).
+
+The per-token scale and zero come out of the dot products instead of being applied to every element:
+    scores[h, n] = s_k[n] * (sum_d q[h, d] * k_q[n, d] - z_k[n] * sum_d q[h, d])
+    out[h, d]   += sum_n (p[h, n] * s_v[n]) * v_q[n, d] - sum_n (p[h, n] * s_v[n]) * z_v[n]
+with k_q, v_q the raw integers (exact in the dot dtype) and p * s_v rounded once to the dot dtype,
+as flash attention rounds p. For kv4 the even and odd halves of head_dim are separate dots (q split
+into its even and odd columns, the output interleaved back), so no nibble is ever shuffled.
+
+decode_kernel (one new token per row): one program per (row, KV head, split) handles the GROUP query
+heads that share the KV head (padded to BLOCK_H >= 16 rows of the MMA), so each KV head is read once
+per group. Long contexts are split over NUM_SPLITS programs; each writes its partial (acc, max, sum)
+to a workspace and takes a ticket, and the last to arrive merges them and resets the ticket: one
+launch, no memset, replayable in a CUDA graph. prefill_kernel (T > 1 new tokens, causal, flash-style
+online softmax): one program per (BLOCK_M query tokens, query head). Both honour left padding (pad
+rows give 0), history in the cache (cache_lens) and a sliding window (> 0).
+"""
+
+# --- template body ---
+
+KV_BITS = W_BITS  # 16: the model dtype, unquantized; 8: symmetric INT8; 4: asymmetric UINT4
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def as_dot(x, INTERPRETED: tl.constexpr):
+    """x as a dot operand: the dot dtype on a GPU; float32 under Triton's interpreter, which keeps
+    bf16 as raw uint16 and would multiply (and convert integers into) those bits."""
+    if INTERPRETED:
+        return x.to(tl.float32)
+    else:
+        return x.to(DOT_DTYPE)
+
+
+@triton.jit
+def load_q(q_base, rows, rmask, stride_r, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr, INTERPRETED: tl.constexpr):
+    """(qa, qb, qsum) of query rows: kv4 splits q into even and odd columns (qa, qb); otherwise qa is q
+    and qb an unused zero tile. qsum = sum_d q in float32 (for the kv4 zero-point term)."""
+    j = tl.arange(0, D_LOAD)
+    ptrs = q_base + rows[:, None] * stride_r
+    if KV_BITS == 4:
+        qa = as_dot(tl.load(ptrs + 2 * j[None, :], mask=rmask[:, None], other=0.0), INTERPRETED)
+        qb = as_dot(tl.load(ptrs + 2 * j[None, :] + 1, mask=rmask[:, None], other=0.0), INTERPRETED)
+        qsum = tl.sum(qa.to(tl.float32), axis=1) + tl.sum(qb.to(tl.float32), axis=1)
+    else:
+        qa = as_dot(tl.load(ptrs + j[None, :], mask=rmask[:, None], other=0.0), INTERPRETED)
+        qb = tl.zeros(qa.shape, qa.dtype)
+        qsum = tl.zeros((qa.shape[0],), tl.float32)
+    return qa, qb, qsum
+
+
+@triton.jit
+def tile_scores(qa, qb, qsum, d_ptr, s_ptr, z_ptr, tok, tmask, D_LOAD: tl.constexpr, PRECISION: tl.constexpr,
+                INTERPRETED: tl.constexpr):
+    """q . k for the BLOCK_N cached tokens `tok` of one (slot, head): float32 [rows, BLOCK_N]."""
+    j = tl.arange(0, D_LOAD)
+    raw = tl.load(d_ptr + tok[:, None] * D_LOAD + j[None, :], mask=tmask[:, None], other=0)
+    if KV_BITS == 4:
+        acc = tl.dot(qa, tl.trans(as_dot(raw & 15, INTERPRETED)), input_precision=PRECISION)
+        acc = tl.dot(qb, tl.trans(as_dot(raw >> 4, INTERPRETED)), acc, input_precision=PRECISION)
+        s = tl.load(s_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
+        return s[None, :] * (acc - qsum[:, None] * z[None, :])
+    elif KV_BITS == 8:
+        acc = tl.dot(qa, tl.trans(as_dot(raw, INTERPRETED)), input_precision=PRECISION)
+        s = tl.load(s_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
+        return acc * s[None, :]
+    else:
+        return tl.dot(qa, tl.trans(as_dot(raw, INTERPRETED)), input_precision=PRECISION)
+
+
+@triton.jit
+def tile_pv(p, acc_a, acc_b, d_ptr, s_ptr, z_ptr, tok, tmask, D_LOAD: tl.constexpr, PRECISION: tl.constexpr,
+            INTERPRETED: tl.constexpr):
+    """acc += p . v for the same tokens (p float32 [rows, BLOCK_N], 0 where masked)."""
+    j = tl.arange(0, D_LOAD)
+    raw = tl.load(d_ptr + tok[:, None] * D_LOAD + j[None, :], mask=tmask[:, None], other=0)
+    if KV_BITS == 4:
+        s = tl.load(s_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
+        ps = as_dot(p * s[None, :], INTERPRETED)
+        corr = tl.sum(ps.to(tl.float32) * z[None, :], axis=1)
+        acc_a = tl.dot(ps, as_dot(raw & 15, INTERPRETED), acc_a, input_precision=PRECISION) - corr[:, None]
+        acc_b = tl.dot(ps, as_dot(raw >> 4, INTERPRETED), acc_b, input_precision=PRECISION) - corr[:, None]
+    elif KV_BITS == 8:
+        s = tl.load(s_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
+        ps = as_dot(p * s[None, :], INTERPRETED)
+        acc_a = tl.dot(ps, as_dot(raw, INTERPRETED), acc_a, input_precision=PRECISION)
+    else:
+        acc_a = tl.dot(as_dot(p, INTERPRETED), as_dot(raw, INTERPRETED), acc_a, input_precision=PRECISION)
+    return acc_a, acc_b
+
+
+@triton.jit
+def full_width(acc_a, acc_b, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """[rows, HEAD_DIM] from the kernel's accumulators (kv4: even and odd halves interleaved back)."""
+    if KV_BITS == 4:
+        return tl.reshape(tl.join(acc_a, acc_b), (ROWS, HEAD_DIM))
+    else:
+        return acc_a
+
+
+@triton.jit
+def online_softmax_step(s, m, l, acc_a, acc_b):
+    """One flash-attention update with base-2 scores s (-inf where masked); rows that have seen no
+    key yet keep m = -inf and contribute nothing (no inf - inf)."""
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l = l * alpha + tl.sum(p, axis=1)
+    return p, m_new, l, acc_a * alpha[:, None], acc_b * alpha[:, None]
+
+
+@triton.jit(do_not_specialize=["window"])
+def decode_kernel(
+    q_ptr, stride_qb, stride_qh,
+    kd_ptr, ks_ptr, kz_ptr, vd_ptr, vs_ptr, vz_ptr,
+    slot_ptr, clen_ptr, nlen_ptr, out_ptr, ws_acc_ptr, ws_ml_ptr, ticket_ptr,
+    sm_scale, HKV, MAX_TOKENS, window,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+):
+    pair = tl.program_id(0)  # (batch row, KV head)
+    split = tl.program_id(1)
+    b = pair // HKV
+    kvh = pair % HKV
+    slot = tl.load(slot_ptr + b)
+    total = tl.load(clen_ptr + b) + tl.load(nlen_ptr + b)  # the new token is already stored
+    first = tl.where(window > 0, tl.maximum(total - window, 0), 0)
+    chunk = tl.cdiv(tl.cdiv(total - first, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    lo = first + split * chunk
+    hi = tl.minimum(lo + chunk, total)
+
+    h = tl.arange(0, BLOCK_H)
+    hmask = h < GROUP
+    qa, qb, qsum = load_q(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GROUP) * stride_qh, h, hmask, stride_qh,
+                          HEAD_DIM, D_LOAD, INTERPRETED)
+    head_row = (slot * HKV + kvh) * MAX_TOKENS  # first cache row of this (slot, head)
+    kd = kd_ptr + head_row * D_LOAD
+    vd = vd_ptr + head_row * D_LOAD
+    ks = ks_ptr + head_row
+    kz = kz_ptr + head_row
+    vs = vs_ptr + head_row
+    vz = vz_ptr + head_row
+
+    qk_scale = sm_scale * LOG2E
+    m = tl.full((BLOCK_H,), float("-inf"), tl.float32)
+    l = tl.zeros((BLOCK_H,), tl.float32)
+    acc_a = tl.zeros((BLOCK_H, D_LOAD), tl.float32)
+    acc_b = tl.zeros((BLOCK_H, D_LOAD), tl.float32)
+    for n0 in range(lo, hi, BLOCK_N):
+        tok = n0 + tl.arange(0, BLOCK_N)
+        tmask = tok < hi
+        s = tile_scores(qa, qb, qsum, kd, ks, kz, tok, tmask, D_LOAD, PRECISION, INTERPRETED) * qk_scale
+        s = tl.where(tmask[None, :], s, float("-inf"))
+        p, m, l, acc_a, acc_b = online_softmax_step(s, m, l, acc_a, acc_b)
+        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, vs, vz, tok, tmask, D_LOAD, PRECISION, INTERPRETED)
+
+    d = tl.arange(0, HEAD_DIM)
+    out_rows = out_ptr + (b.to(tl.int64) * HKV * GROUP + kvh * GROUP + h) * HEAD_DIM  # out [B, 1, H, D]
+    acc = full_width(acc_a, acc_b, BLOCK_H, HEAD_DIM)
+    if NUM_SPLITS == 1:
+        tl.store(out_rows[:, None] + d[None, :], (acc / l[:, None]).to(out_ptr.dtype.element_ty),
+                 mask=hmask[:, None])
+    else:
+        # Partial results of this split: acc [BLOCK_H, D], then (m, l) per row.
+        part = (pair * NUM_SPLITS + split) * BLOCK_H + h
+        tl.store(ws_acc_ptr + part[:, None] * HEAD_DIM + d[None, :], acc)
+        tl.store(ws_ml_ptr + 2 * part, m)
+        tl.store(ws_ml_ptr + 2 * part + 1, l)
+        tl.debug_barrier()  # every thread's partial stores precede the ticket (release below)
+        ticket = tl.atomic_add(ticket_ptr + pair, 1, sem="acq_rel")
+        if ticket == NUM_SPLITS - 1:
+            # Last split of this (row, head): merge all partials, then leave the ticket at 0.
+            m_all = tl.full((BLOCK_H,), float("-inf"), tl.float32)
+            for sp in range(NUM_SPLITS):
+                idx = (pair * NUM_SPLITS + sp) * BLOCK_H + h
+                m_all = tl.maximum(m_all, tl.load(ws_ml_ptr + 2 * idx, cache_modifier=".cg"))
+            l_all = tl.zeros((BLOCK_H,), tl.float32)
+            o = tl.zeros((BLOCK_H, HEAD_DIM), tl.float32)
+            for sp in range(NUM_SPLITS):
+                idx = (pair * NUM_SPLITS + sp) * BLOCK_H + h
+                w = tl.exp2(tl.load(ws_ml_ptr + 2 * idx, cache_modifier=".cg") - m_all)
+                l_all += w * tl.load(ws_ml_ptr + 2 * idx + 1, cache_modifier=".cg")
+                part_acc = tl.load(ws_acc_ptr + idx[:, None] * HEAD_DIM + d[None, :], cache_modifier=".cg")
+                o += w[:, None] * part_acc
+            tl.store(out_rows[:, None] + d[None, :], (o / l_all[:, None]).to(out_ptr.dtype.element_ty),
+                     mask=hmask[:, None])
+            tl.store(ticket_ptr + pair, 0)
+
+
+@triton.jit(do_not_specialize=["window"])
+def prefill_kernel(
+    q_ptr, stride_qb, stride_qh, stride_qt,
+    kd_ptr, ks_ptr, kz_ptr, vd_ptr, vs_ptr, vz_ptr,
+    slot_ptr, clen_ptr, nlen_ptr, out_ptr,
+    sm_scale, T, H, HKV, MAX_TOKENS, window,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+):
+    tb = tl.program_id(0)
+    b = tl.program_id(1) // H
+    head = tl.program_id(1) % H
+    kvh = head // GROUP
+    slot = tl.load(slot_ptr + b)
+    past = tl.load(clen_ptr + b)
+    new = tl.load(nlen_ptr + b)
+    total = past + new
+    first = T - new  # rows are left-padded: input positions < first are padding
+    t = tb * BLOCK_M + tl.arange(0, BLOCK_M)
+    real = (t < T) & (t >= first)
+    qpos = tl.where(real, past + t - first, -1)  # position of each query in its sequence
+
+    qa, qb, qsum = load_q(q_ptr + b.to(tl.int64) * stride_qb + head * stride_qh, t, t < T, stride_qt,
+                          HEAD_DIM, D_LOAD, INTERPRETED)
+    head_row = (slot * HKV + kvh) * MAX_TOKENS
+    kd = kd_ptr + head_row * D_LOAD
+    vd = vd_ptr + head_row * D_LOAD
+    ks = ks_ptr + head_row
+    kz = kz_ptr + head_row
+    vs = vs_ptr + head_row
+    vz = vz_ptr + head_row
+
+    hi = tl.minimum(tl.max(qpos, axis=0) + 1, total)  # causal: no key after the last query
+    lo = tl.where(window > 0, tl.maximum(tl.min(tl.where(real, qpos, total), axis=0) - window + 1, 0), 0)
+    qk_scale = sm_scale * LOG2E
+    m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l = tl.zeros((BLOCK_M,), tl.float32)
+    acc_a = tl.zeros((BLOCK_M, D_LOAD), tl.float32)
+    acc_b = tl.zeros((BLOCK_M, D_LOAD), tl.float32)
+    for n0 in range(lo, hi, BLOCK_N):
+        tok = n0 + tl.arange(0, BLOCK_N)
+        tmask = tok < hi
+        s = tile_scores(qa, qb, qsum, kd, ks, kz, tok, tmask, D_LOAD, PRECISION, INTERPRETED) * qk_scale
+        allowed = tmask[None, :] & (tok[None, :] <= qpos[:, None])
+        allowed = allowed & ((window <= 0) | (qpos[:, None] - tok[None, :] < window))
+        s = tl.where(allowed, s, float("-inf"))
+        p, m, l, acc_a, acc_b = online_softmax_step(s, m, l, acc_a, acc_b)
+        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, vs, vz, tok, tmask, D_LOAD, PRECISION, INTERPRETED)
+
+    acc = full_width(acc_a, acc_b, BLOCK_M, HEAD_DIM)
+    o = tl.where(l[:, None] > 0, acc / tl.where(l > 0, l, 1.0)[:, None], 0.0)  # padding rows: 0
+    d = tl.arange(0, HEAD_DIM)
+    rows = ((b.to(tl.int64) * T + t) * H + head) * HEAD_DIM  # out [B, T, H, D]
+    tl.store(out_ptr + rows[:, None] + d[None, :], o.to(out_ptr.dtype.element_ty), mask=(t < T)[:, None])
+
+
+def reference(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, scale, sliding_window):
+    """The plain-torch truth: lowc.ops.kv_ops.attention_kv_reference for this format."""
+    from lowc.ops.kv_ops import attention_kv_reference
+
+    return attention_kv_reference(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, scale, sliding_window, FORMAT)

@@ -1,0 +1,177 @@
+"""Launchers of the attention kernels over lowc's KV cache, and their registration as the CUDA kernel
+of `lowc::attention_kv`.
+
+    attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, scale, sliding_window, fmt,
+                        *, decode=None, prefill=None, cache=None) -> Tensor [B, T, H, D]
+
+T == 1 runs `decode_kernel` (GQA-packed, split over the sequence), T > 1 `prefill_kernel` (causal,
+flash-style), both from codegen/templates/attention_kv.py, on CUDA tensors or on CPU tensors under
+TRITON_INTERPRET=1. The kernels read the cache exactly as lowc.ops.kv_ops stores it. The sequence
+split of the decode kernel is a launch-time choice made from the cache's capacity (max_tokens) and
+the GPU's multiprocessor count, never from the per-row lengths, so a decode step stays one
+fixed-shape launch that a CUDA graph can replay while the lengths change on the device.
+
+KernelSpec fields (lowc.codegen.spec is shared with qlinear): fmt = the KV format, w_bits = its bits
+(16 = model dtype), x_dtype = out_dtype = q's dtype (also the dot dtype).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from lowc.codegen.spec import KernelSpec, dtype_name
+from lowc.errors import KernelError
+from lowc.ops.kv_ops import KV_PARTS
+from lowc.runtime.kernel_cache import KernelCache, default_cache
+
+KV_BITS = {"kv16": 16, "kv8": 8, "kv4": 4}
+MIN_SPLIT_TOKENS = 256  # a split shorter than this costs more in merging than it hides in latency
+PROGRAMS_PER_SM = 4  # decode grid aimed at this many resident programs per multiprocessor
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Launch choices of the decode kernel (num_splits None: chosen from capacity and the GPU)."""
+
+    BLOCK_N: int = 64
+    num_splits: int | None = None
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    BLOCK_M: int = 64
+    BLOCK_N: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def spec_for_attention(fmt: str, q_dtype) -> KernelSpec:
+    """The spec of the attention kernels reading a `fmt` cache with queries of `q_dtype`."""
+    if fmt not in KV_BITS:
+        raise KernelError(f"unknown KV cache format {fmt!r}; valid: {', '.join(KV_BITS)}")
+    name = dtype_name(q_dtype)
+    return KernelSpec("attention_kv", fmt, fmt, KV_BITS[fmt], 16, 0, 0, name, name,
+                      "cache_slot_head_token_dim", "attention_kv")
+
+
+def kernel_limits(fmt: str, head_dim: int, heads: int, kv_heads: int) -> str | None:
+    """Why the kernels cannot run this shape (None when they can)."""
+    d_load = head_dim // 2 if fmt == "kv4" else head_dim
+    if head_dim & (head_dim - 1) or d_load < 16:
+        return f"head_dim {head_dim} must be a power of two with {'head_dim/2' if fmt == 'kv4' else 'head_dim'} >= 16"
+    if heads % kv_heads:
+        return f"query heads ({heads}) must be a multiple of KV heads ({kv_heads})"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def default_splits(pairs: int, max_tokens: int, device: torch.device, block_n: int) -> int:
+    """Splits of the sequence per (row, KV head): enough programs to fill the GPU, a power of two,
+    no split shorter than MIN_SPLIT_TOKENS of the cache's capacity."""
+    if device.type != "cuda":
+        return 1
+    want = PROGRAMS_PER_SM * _sm_count(device.index or 0)
+    splits = 1
+    while pairs * splits * 2 <= want and max_tokens // (splits * 2) >= max(MIN_SPLIT_TOKENS, block_n):
+        splits *= 2
+    return splits
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, scale: float, sliding_window: int,
+                        fmt: str, *, decode: DecodeConfig | None = None, prefill: PrefillConfig | None = None,
+                        cache: KernelCache | None = None) -> torch.Tensor:
+    """Causal GQA attention of q [B, H, T, D] over each row's cache slot; returns [B, T, H, D]."""
+    if fmt not in KV_PARTS or len(k_cache) != len(KV_PARTS[fmt]) or len(v_cache) != len(k_cache):
+        raise KernelError(f"a {fmt!r} cache has parts {KV_PARTS.get(fmt)}; got {len(k_cache)} K and {len(v_cache)} V tensors")
+    b, h, t, d = q.shape
+    hkv, max_tokens = k_cache[0].shape[1], k_cache[0].shape[2]
+    why = kernel_limits(fmt, d, h, hkv)
+    if why:
+        raise KernelError(f"attention_kv kernel: {why}; the plain-torch reference handles this shape")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    spec = spec_for_attention(fmt, q.dtype)
+    cache = cache or default_cache()
+    out = torch.empty((b, t, h, d), dtype=q.dtype, device=q.device)
+    if b == 0 or t == 0:
+        return out
+    parts = [p.contiguous() for p in k_cache] + [k_cache[0]] * (3 - len(k_cache))
+    parts += [p.contiguous() for p in v_cache] + [v_cache[0]] * (3 - len(v_cache))
+    d_load = d // 2 if fmt == "kv4" else d
+    precision = "ieee" if q.dtype == torch.float32 else None
+    group = h // hkv
+    interpreted = q.device.type == "cpu"  # CPU tensors only run under TRITON_INTERPRET=1
+    loaded = cache.get(spec)
+    try:
+        if t == 1:
+            cfg = decode or DecodeConfig()
+            pairs = b * hkv
+            splits = cfg.num_splits or default_splits(pairs, max_tokens, q.device, cfg.BLOCK_N)
+            block_h = max(16, _pow2(group))
+            if splits > 1:
+                ws_acc = cache.scratch("attention_partial_acc", q.device, torch.float32, pairs * splits * block_h * d)
+                ws_ml = cache.scratch("attention_partial_ml", q.device, torch.float32, pairs * splits * block_h * 2)
+                tickets = cache.scratch("attention_tickets", q.device, torch.int32, pairs)
+            else:
+                ws_acc = ws_ml = tickets = out  # never touched with one split
+            loaded.module.decode_kernel[(pairs, splits)](
+                q, q.stride(0), q.stride(1), *parts, slot_ids, cache_lens, new_lens, out, ws_acc, ws_ml, tickets,
+                float(scale), hkv, max_tokens, int(sliding_window),
+                GROUP=group, HEAD_DIM=d, D_LOAD=d_load, BLOCK_H=block_h, BLOCK_N=cfg.BLOCK_N,
+                NUM_SPLITS=splits, PRECISION=precision, INTERPRETED=interpreted, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            )
+        else:
+            cfg = prefill or PrefillConfig()
+            loaded.module.prefill_kernel[(-(-t // cfg.BLOCK_M), b * h)](
+                q, q.stride(0), q.stride(1), q.stride(2), *parts, slot_ids, cache_lens, new_lens, out,
+                float(scale), t, h, hkv, max_tokens, int(sliding_window),
+                GROUP=group, HEAD_DIM=d, D_LOAD=d_load, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N,
+                PRECISION=precision, INTERPRETED=interpreted, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            )
+    except Exception as e:
+        raise KernelError(f"Triton kernel {spec.name} (T={t}) failed: {type(e).__name__}: {e}; "
+                          f"kernel file: {loaded.path}") from e
+    return out
+
+
+# -- registration as lowc::attention_kv's CUDA kernel ------------------------------------------------------
+
+
+def attention_kv_cuda(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, scale, layer_idx, sliding_window, fmt):
+    """lowc::attention_kv on CUDA: the Triton kernels, or the reference (with a warning) where they cannot run."""
+    from lowc.ops.kv_ops import _check_attention_inputs, attention_kv_reference
+    from lowc.runtime.gemm import ReferenceFallbackWarning, gpu_support
+
+    _check_attention_inputs(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt)
+    supported, description = gpu_support(q.device.index or 0)
+    why = None if supported else f"{description} is older than compute capability 8.0"
+    why = why or kernel_limits(fmt, q.shape[-1], q.shape[1], k_cache[0].shape[1])
+    if why:
+        warnings.warn(f"lowc::attention_kv runs the plain-torch reference: {why}", ReferenceFallbackWarning,
+                      stacklevel=2)
+        return attention_kv_reference(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, scale, sliding_window, fmt)
+    return attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, scale, sliding_window, fmt)
+
+
+def register_cuda_kernels() -> bool:
+    """Make the Triton kernels lowc::attention_kv's CUDA implementation; True if a GPU is present."""
+    import lowc.ops  # noqa: F401  (defines lowc::attention_kv)
+
+    if not torch.cuda.is_available():
+        return False
+    torch.library.register_kernel("lowc::attention_kv", "cuda", attention_kv_cuda)
+    return True

@@ -1,0 +1,134 @@
+"""The attention kernels over the KV cache (codegen/templates/attention_kv.py via lowc.runtime.attention)
+against lowc::attention_kv's reference.
+
+On CPU they run under Triton's interpreter (TRITON_INTERPRET=1, set below when no GPU is present) on
+small shapes with everything that changes the indexing: GQA groups, rows of different lengths in
+distinct slots, cached history, left padding, a sliding window, sequence splits (the last split
+merges) and every cache format. float32 must agree to float32 rounding; bf16 within the rounding of
+bf16 operands (the reference rounds dequantized K/V to bf16, the kernel keeps them exact and rounds
+p * scale). `pytest -m gpu` runs Llama-3-8B head shapes on a CUDA device.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from lowc.errors import KernelError  # noqa: E402
+from lowc.ops.kv_ops import KVCacheSpec, attention_kv_reference, kv_store_reference  # noqa: E402
+from lowc.runtime.attention import DecodeConfig, PrefillConfig, attention_kv_triton  # noqa: E402
+from lowc.runtime.kernel_cache import KernelCache  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FORMATS = ["kv16", "kv8", "kv4"]
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}  # relative Frobenius error
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return KernelCache(tmp_path_factory.mktemp("kernels"))
+
+
+def make_cache(fmt, dtype, history, hkv=2, d=32, slots=4, max_tokens=48, slot_ids=(2, 0, 1), seed=0):
+    """A layer's cache with `history[i]` random tokens stored in slot slot_ids[i]."""
+    spec = KVCacheSpec(fmt, 1, hkv, d, dtype)
+    k_cache, v_cache = spec.layer_tensors(spec.allocate(slots, max_tokens, DEVICE), 0)
+    g = torch.Generator().manual_seed(seed)
+    for slot, n in zip(slot_ids, history):
+        if n:
+            for part in (k_cache, v_cache):
+                x = (torch.randn(1, hkv, n, d, generator=g) * 2).to(dtype).to(DEVICE)
+                one = torch.tensor([slot], device=DEVICE)
+                kv_store_reference(x, part, one, torch.tensor([0], device=DEVICE), torch.tensor([n], device=DEVICE), fmt)
+    return k_cache, v_cache
+
+
+def step(fmt, dtype, t, new_lens, history=(20, 0, 33), heads=8, hkv=2, d=32, seed=1, max_tokens=48):
+    """Store one forward's new K/V (left-padded rows) and return (q, caches, context) for attention."""
+    k_cache, v_cache = make_cache(fmt, dtype, history, hkv, d, max_tokens=max_tokens)
+    b = len(new_lens)
+    g = torch.Generator().manual_seed(seed)
+    slot_ids = torch.tensor([2, 0, 1][:b], device=DEVICE)
+    cache_lens = torch.tensor(history[:b], device=DEVICE)
+    new = torch.tensor(new_lens, device=DEVICE)
+    for part in (k_cache, v_cache):
+        kv_store_reference((torch.randn(b, hkv, t, d, generator=g) * 2).to(dtype).to(DEVICE), part, slot_ids,
+                           cache_lens, new, fmt)
+    q = torch.randn(b, t, heads, d, generator=g).to(dtype).to(DEVICE).transpose(1, 2)  # strided, as captured
+    return q, k_cache, v_cache, slot_ids, cache_lens, new
+
+
+def rel_err(out, ref) -> float:
+    return float((out.float() - ref.float()).norm() / ref.float().norm())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_decode_matches_reference(cache, fmt, dtype, splits):
+    q, kc, vc, slot_ids, cache_lens, new = step(fmt, dtype, 1, [1, 1, 1])
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt)
+    out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt, cache=cache,
+                              decode=DecodeConfig(BLOCK_N=16, num_splits=splits))
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert rel_err(out, ref) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("fmt", ["kv8", "kv4"])
+def test_decode_sliding_window_mha_and_tickets_left_zero(cache, fmt):
+    q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.float32, 1, [1, 1, 1], heads=2, hkv=2)
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.2, 9, fmt)
+    out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.2, 9, fmt, cache=cache,
+                              decode=DecodeConfig(BLOCK_N=16, num_splits=2))
+    assert rel_err(out, ref) < TOLERANCE[torch.float32]
+    tickets = cache.scratch("attention_tickets", q.device, torch.int32, 6)
+    assert not tickets.any()  # the merging program resets them: the launch can be replayed
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_with_history_and_left_padding(cache, fmt, dtype):
+    # Row 0 continues 20 cached tokens with 7 new; row 1 is a fresh 3-token prompt left-padded to 7.
+    q, kc, vc, slot_ids, cache_lens, new = step(fmt, dtype, 7, [7, 3, 5])
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt)
+    out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt, cache=cache,
+                              prefill=PrefillConfig(BLOCK_M=16, BLOCK_N=16))
+    assert rel_err(out, ref) < TOLERANCE[dtype]
+    assert not out[1, :4].any()  # padding rows are exactly zero
+
+
+def test_prefill_fresh_prompt_sliding_window(cache):
+    q, kc, vc, slot_ids, cache_lens, new = step("kv4", torch.float32, 21, [21, 21], history=(0, 0))
+    for window in (-1, 6):
+        ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.3, window, "kv4")
+        out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.3, window, "kv4", cache=cache,
+                                  prefill=PrefillConfig(BLOCK_M=16, BLOCK_N=16))
+        assert rel_err(out, ref) < TOLERANCE[torch.float32]
+
+
+def test_unsupported_shapes_are_named(cache):
+    q, kc, vc, slot_ids, cache_lens, new = step("kv4", torch.float32, 1, [1, 1, 1], d=24)
+    with pytest.raises(KernelError, match="power of two"):
+        attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.2, -1, "kv4", cache=cache)
+    with pytest.raises(KernelError, match="parts"):
+        attention_kv_triton(q, kc[:1], vc, slot_ids, cache_lens, new, 0.2, -1, "kv4", cache=cache)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gpu_llama_shapes(fmt):
+    """32 query / 8 KV heads, head_dim 128, bf16: decode with the default split and prefill."""
+    history = (3000, 517, 1200)
+    q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.bfloat16, 1, [1, 1, 1], history=history, heads=32,
+                                                hkv=8, d=128, max_tokens=4096)
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
+    out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
+    assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
+    q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.bfloat16, 130, [130, 64, 1], history=history, heads=32,
+                                                hkv=8, d=128, max_tokens=4096)
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
+    out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
+    assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
