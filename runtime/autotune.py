@@ -49,6 +49,7 @@ class TileConfig:
     num_warps: int = 4
     num_stages: int = 3
     GROUP_M: int = 8
+    DEQUANT_FIRST: int = 0  # w4a8 only: dequantize W to INT8 once, then the W8A8 kernel (large M)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -76,6 +77,8 @@ class TileConfig:
             problems.append("BK must be >= 32 (one INT8 MMA K-step; 16 packed bytes)")
         if spec.family == "w4a4" and self.BK != spec.group_size:
             problems.append(f"w4a4 scales each group's partial sum, so BK must equal the group ({spec.group_size})")
+        if self.DEQUANT_FIRST and spec.family not in ("w4a8_g", "w4a8_pc"):
+            problems.append("DEQUANT_FIRST exists only for the w4a8 families")
         if self.SPLIT_K < 1 or self.num_stages < 1:
             problems.append("SPLIT_K and num_stages must be >= 1")
         if problems:

@@ -106,7 +106,10 @@ def qlinear_triton(
     bias_arg = bias.contiguous() if bias is not None else out
 
     def launch(cfg: TileConfig) -> None:
-        _launch(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, bias is not None, out, m, n, k, kw)
+        if cfg.DEQUANT_FIRST:
+            _launch_dequant_first(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, bias is not None, out, m, n, k, kw)
+        else:
+            _launch(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, bias is not None, out, m, n, k, kw)
 
     if config is None:
         on_gpu = x.device.type == "cuda"
@@ -115,6 +118,13 @@ def qlinear_triton(
         config = (tuner or default_tuner()).config_for(spec, m, n, k, device, bench=bench)
     launch(config.check(spec))
     return out.reshape(*lead, n)
+
+
+def _fast_dequant(spec: KernelSpec, device: torch.device, kw: int) -> bool:
+    """The inline-PTX unpacking (GPU only) needs 16-bit aligned code words: rows of a multiple of 4 codes."""
+    if device.type != "cuda" or spec.w_bits != 4 or kw % 4:
+        return False
+    return spec.a_bits != 16 or spec.x_dtype in ("bfloat16", "float16")
 
 
 def _launch(loaded: LoadedKernel, cfg, spec, cache, x2, sx, weight, bias_arg, has_bias, out, m, n, k, kw) -> None:
@@ -129,6 +139,7 @@ def _launch(loaded: LoadedKernel, cfg, spec, cache, x2, sx, weight, bias_arg, ha
         loaded.kernel[grid](
             x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, x2.stride(0),
             HAS_BIAS=has_bias, EVEN_K=_even_k(spec, k, kw, cfg.BK), INTERPRETED=out.device.type == "cpu",
+            FAST_DEQUANT=_fast_dequant(spec, out.device, kw),
             BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K, GROUP_M=cfg.GROUP_M,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
@@ -136,6 +147,30 @@ def _launch(loaded: LoadedKernel, cfg, spec, cache, x2, sx, weight, bias_arg, ha
         raise KernelError(
             f"Triton kernel {spec.name} failed with {cfg} ({type(e).__name__}: {e}); kernel file: {loaded.path}"
         ) from e
+
+
+DEQUANT_TILE = (64, 128)  # (BN, BK) of the dequantize pass: a memory-bound copy-like kernel
+
+
+def _launch_dequant_first(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, has_bias, out, m, n, k, kw) -> None:
+    """Large M, w4a8: W -> INT8 once (dequant_kernel), then the W8A8 kernel on it.
+
+    The INT8 weight costs N * Kp bytes written and read once per call; at M >= ~1024 that is a few
+    per cent of the GEMM, which then runs as a pure INT8 GEMM with no unpacking in its inner loop.
+    The W8A8 epilogue (acc * s_x * s) is the w4a8 one with s = s0 (grouped) or the channel scale.
+    """
+    w8 = torch.empty((n, kw), dtype=torch.int8, device=out.device)
+    bn, bk = DEQUANT_TILE
+    try:
+        loaded.module.dequant_kernel[(-(-n // bn), -(-kw // bk))](*weight[:3], w8, n, kw, BN=bn, BK=bk)
+    except Exception as e:
+        raise KernelError(
+            f"dequantize pass of {spec.name} failed ({type(e).__name__}: {e}); kernel file: {loaded.path}"
+        ) from e
+    spec8 = spec_for_qlinear("w8a8", torch.int8, out.dtype)
+    scale = weight[3] if spec.family == "w4a8_g" else weight[1]
+    plain = TileConfig(cfg.BM, cfg.BN, cfg.BK, cfg.SPLIT_K, cfg.num_warps, cfg.num_stages, cfg.GROUP_M)
+    _launch(cache.get(spec8), plain, spec8, cache, x2, sx, [w8, scale], bias_arg, has_bias, out, m, n, k, kw)
 
 
 def _bencher(launch):

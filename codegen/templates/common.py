@@ -13,6 +13,19 @@ total in the same atomic), resets the counter and runs the epilogue. One launch,
 buffers are left as found, so the launch can be replayed inside a CUDA graph. Integer partial sums
 make the result exact and deterministic; float partial sums (w4a16, w4a4) are exact up to the
 order of at most SPLIT_K float32 additions.
+
+Dequantization, two implementations of one arithmetic. Decode is memory-bound only if unpacking a
+4-bit code costs about one instruction; Triton's element-wise code for "nibble -> int8" costs about
+eight (each byte is extracted into its own register and the results are re-packed for the MMA).
+So on the GPU (FAST_DEQUANT) the 4-bit templates unpack with a few lines of inline PTX that work on
+four codes per 32-bit register (SIMD within a register): the 16-bit word holding four consecutive
+codes is spread into four byte lanes, and one multiply-add per register applies the per-group
+integers to all four lanes at once; the operations are chosen so that no lane ever carries into its
+neighbour (each template's docstring proves it for its format). The output register is exactly one
+register of the MMA's A fragment (four consecutive K values of one row), so nothing is re-packed.
+The same arithmetic written element-wise in plain Triton (FAST_DEQUANT=False) is what the CPU
+interpreter runs in CI and what the GPU uses when the packed row length is not a multiple of four
+bytes; both produce identical integers (and identical rounded floats for w4a16).
 """
 
 # --- template body ---
@@ -61,6 +74,78 @@ def splitk_reduce(acc, ws_ptr, cnt_ptr, tile_id, offs, mask, SPLIT_K: tl.constex
         total = tl.where(mask, total.to(acc.dtype, bitcast=True), 0)
         tl.store(cnt_ptr + tile_id, 0)
     return total, is_last
+
+
+@triton.jit
+def load_code_words(qw_ptr, rn_ld, kt, KW, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr):
+    """[BN, BK] int32: for each k, the zero-extended 16-bit word holding codes 4*(k//4) .. +3 of its
+    row (canonical packing: code 4j in bits 0-3, 4j+1 in 4-7, 4j+2 in 8-11, 4j+3 in 12-15)."""
+    rw = kt * (BK // 4) + tl.arange(0, BK // 4)
+    ptrs = qw_ptr.to(tl.pointer_type(tl.uint16)) + rn_ld[:, None] * (KW // 4) + rw[None, :]
+    if EVEN_K:
+        words = tl.load(ptrs)
+    else:
+        words = tl.load(ptrs, mask=rw[None, :] < KW // 4, other=0)
+    # Broadcasting along a new minor axis is free: the four K values of a word share its register.
+    return tl.broadcast_to(words.to(tl.int32)[:, :, None], (BN, BK // 4, 4)).reshape(BN, BK)
+
+
+@triton.jit
+def load_codes(qw_ptr, rn_ld, kt, KW, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr):
+    """[BN, BK] uint8 codes 0..15 in natural K order (element-wise unpacking)."""
+    rb = kt * (BK // 2) + tl.arange(0, BK // 2)
+    ptrs = qw_ptr + rn_ld[:, None] * (KW // 2) + rb[None, :]
+    if EVEN_K:
+        p = tl.load(ptrs)
+    else:
+        p = tl.load(ptrs, mask=rb[None, :] < KW // 2, other=0)
+    # join + reshape interleaves low (even k) and high (odd k) nibbles; Triton lowers it to a
+    # register relabelling, since each thread already holds both nibbles of its bytes.
+    return tl.join(p & 0xF, p >> 4).reshape(BN, BK)
+
+
+@triton.jit
+def load_group_values(ptr, rn_ld, kt, n_groups, BK: tl.constexpr, GROUP: tl.constexpr):
+    """Per-(row, group) values for the groups of K tile kt: [BN, BK // GROUP] (or [BN, 1] when the
+    tile lies inside one group)."""
+    if BK >= GROUP:
+        g = kt * (BK // GROUP) + tl.arange(0, BK // GROUP)
+        return tl.load(ptr + rn_ld[:, None] * n_groups + g[None, :], mask=g[None, :] < n_groups, other=0)
+    else:
+        return tl.load(ptr + rn_ld * n_groups + (kt * BK) // GROUP)[:, None]
+
+
+@triton.jit
+def expand_groups(v, BN: tl.constexpr, BK: tl.constexpr):
+    """[BN, GPT] per-group values -> [BN, BK], each repeated over its group's K values."""
+    GPT: tl.constexpr = v.shape[1]
+    return tl.broadcast_to(v[:, :, None], (BN, GPT, BK // GPT)).reshape(BN, BK)
+
+
+@triton.jit
+def u4_words_to_i8(words, mul, add):
+    """GPU only. Four uint4 codes per 16-bit word -> four int8 (code * mul + add) ^ 0x80, one per
+    byte lane: the SIMD form of the element-wise `((q * mul + add) ^ 0x80).to(int8)`. Valid when each
+    lane's q * mul + add lies in 0..255 and `add` is the same in all lanes (`add_x4` = add * 0x01010101):
+    then no lane carries into or borrows from its neighbour. words/mul/add_x4: [BN, BK] int32, equal
+    over each group of four K values (which is what one instance of the assembly receives)."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 r, t;
+        prmt.b32 r, $1, 0, 0x1100;
+        shr.b32 t, r, 4;
+        and.b32 t, t, 0x0F000F00;
+        and.b32 r, r, 0x000F000F;
+        or.b32 r, r, t;
+        mad.lo.s32 r, r, $5, $9;
+        xor.b32 $0, r, 0x80808080;
+        }""",
+        constraints="=r,r,r,r,r,r,r,r,r,r,r,r,r",
+        args=[words, mul, add],
+        dtype=tl.int8,
+        is_pure=True,
+        pack=4,
+    )
 
 
 @triton.jit

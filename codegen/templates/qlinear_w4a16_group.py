@@ -1,17 +1,21 @@
 """W4A16 qlinear: asymmetric UINT4 weights per group, floating-point activations.
 
-    w[n, k]   = (q[n, k] - z[n, g]) * s[n, g]        in float32, rounded once to the dot dtype
+    w[n, k]   = (q[n, k] - z[n, g]) * s[n, g]        rounded once to the dot dtype
     acc[n, m] = sum_k w[n, k] * x[m, k]              bf16/fp16 tensor-core dot, float32 accumulation
     y[m, n]   = acc (+ bias[n])                      then the output dtype
 Weight tensors (lowc.quant W4A16Grouped, read as they are): qweight uint8 [N, Kp/2] (low nibble =
 even k), scale fp16 [N, Kp/G], zero fp16 [N, Kp/G] (integers 0..15). Activations: x [M, K] in
 DOT_DTYPE (bf16, fp16; fp32 runs an IEEE fp32 dot, slow but exact to float32 rounding).
-q - z is formed without an integer-to-float conversion (a slow instruction on the GPU): q OR the
-bit pattern of 2^23 is the float32 2^23 + q exactly, so subtracting the float32 2^23 + z gives q - z
-exactly, and one multiply by s gives the reference's float32 weight, rounded once to DOT_DTYPE.
+
+The weight is q - z (exact) times the scale rounded to DOT_DTYPE, rounded once to DOT_DTYPE: for
+fp16 that equals rounding the reference's float32 (q - z) * s; for bf16 the scale itself is rounded
+to bf16 first (relative error <= 2^-9 on top of the weight's own bf16 rounding). The GPU path
+(`u4_bytes_to_halves`) does this for two codes per register without integer-to-float conversions:
+a code OR-ed into the mantissa of MAGIC (128 in bf16, 1024 in fp16, both with a unit last place) is
+MAGIC + q exactly, one packed fma subtracts MAGIC + z exactly, one packed fma multiplies by the
+scale. The element-wise path computes the same values in float32 (MAGIC = 2^23).
 For decode the launcher picks split-K (several programs share one output tile's K range).
 """
-
 # --- template body ---
 
 # float32 bit pattern of 2^23: OR-ing a 4-bit code into its mantissa gives 2^23 + code exactly.
@@ -20,32 +24,75 @@ MAGIC_F32 = tl.constexpr(8388608.0)
 
 
 @triton.jit
-def dequant_tile(p, s_ptr, z_ptr, rn_ld, kt, n_groups, BN: tl.constexpr, BK: tl.constexpr):
-    """Packed uint8 [BN, BK/2] -> weights [BN, BK] in DOT_DTYPE, natural K order."""
-    q = tl.join(p & 0xF, p >> 4).reshape(BN, BK)
-    qf = (q.to(tl.uint32) | MAGIC_F32_BITS).to(tl.float32, bitcast=True)  # 2^23 + q
-    if BK <= GROUP_SIZE:
-        g = (kt * BK) // GROUP_SIZE
-        s = tl.load(s_ptr + rn_ld * n_groups + g).to(tl.float32)
-        zf = tl.load(z_ptr + rn_ld * n_groups + g).to(tl.float32) + MAGIC_F32
-        w = (qf - zf[:, None]) * s[:, None]
+def u4_bytes_to_halves(b, s2, zn2):
+    """GPU only. One packed byte (two codes) -> two DOT_DTYPE weights (q - z) * s in one register.
+    b: the byte (int32); s2, zn2: the scale and -(MAGIC + z) as two packed DOT_DTYPE halves."""
+    if DOT_DTYPE == tl.bfloat16:
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 r, one, nz;
+            mov.b32 one, 0x3F803F80;
+            mov.b32 nz, 0x80008000;
+            mad.lo.u32 r, $1, 0x1001, 0;
+            and.b32 r, r, 0x000F000F;
+            or.b32 r, r, 0x43004300;
+            fma.rn.bf16x2 r, r, one, $5;
+            fma.rn.bf16x2 $0, r, $3, nz;
+            }""",
+            constraints="=r,r,r,r,r,r,r", args=[b, s2, zn2], dtype=tl.bfloat16, is_pure=True, pack=2)
     else:
-        GPT: tl.constexpr = BK // GROUP_SIZE
-        g = kt * GPT + tl.arange(0, GPT)
-        offs = rn_ld[:, None] * n_groups + g[None, :]
-        gmask = g[None, :] < n_groups
-        s = tl.load(s_ptr + offs, mask=gmask, other=0.0).to(tl.float32)
-        zf = tl.load(z_ptr + offs, mask=gmask, other=0.0).to(tl.float32) + MAGIC_F32
-        w = (qf.reshape(BN, GPT, GROUP_SIZE) - zf[:, :, None]) * s[:, :, None]
-        w = w.reshape(BN, BK)
-    return w.to(DOT_DTYPE)
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 r, one, nz;
+            mov.b32 one, 0x3C003C00;
+            mov.b32 nz, 0x80008000;
+            mad.lo.u32 r, $1, 0x1001, 0;
+            and.b32 r, r, 0x000F000F;
+            or.b32 r, r, 0x64006400;
+            fma.rn.f16x2 r, r, one, $5;
+            fma.rn.f16x2 $0, r, $3, nz;
+            }""",
+            constraints="=r,r,r,r,r,r,r", args=[b, s2, zn2], dtype=tl.float16, is_pure=True, pack=2)
+
+
+@triton.jit
+def packed_halves(v):
+    """int32 holding two copies of the DOT_DTYPE bits of v (float32 tensor)."""
+    bits = v.to(DOT_DTYPE).to(tl.uint16, bitcast=True).to(tl.int32)
+    return bits | (bits << 16)
+
+
+@triton.jit
+def dequant_tile(qw_ptr, s_ptr, z_ptr, rn_ld, kt, KW, n_groups,
+                 BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, FAST_DEQUANT: tl.constexpr):
+    """Weights [BN, BK] in DOT_DTYPE, natural K order (see module docstring)."""
+    # The scale as the dot dtype will hold it (exact for fp16/fp32, rounded for bf16).
+    s = load_group_values(s_ptr, rn_ld, kt, n_groups, BK, GROUP_SIZE).to(DOT_DTYPE).to(tl.float32)
+    z = load_group_values(z_ptr, rn_ld, kt, n_groups, BK, GROUP_SIZE).to(tl.float32)
+    if FAST_DEQUANT:
+        magic = 128.0 if DOT_DTYPE == tl.bfloat16 else 1024.0
+        rb = kt * (BK // 2) + tl.arange(0, BK // 2)
+        ptrs = qw_ptr + rn_ld[:, None] * (KW // 2) + rb[None, :]
+        if EVEN_K:
+            p = tl.load(ptrs)
+        else:
+            p = tl.load(ptrs, mask=rb[None, :] < KW // 2, other=0)
+        b = tl.broadcast_to(p.to(tl.int32)[:, :, None], (BN, BK // 2, 2)).reshape(BN, BK)
+        s2 = expand_groups(packed_halves(s), BN, BK)
+        zn2 = expand_groups(packed_halves(-(z + magic)), BN, BK)
+        return u4_bytes_to_halves(b, s2, zn2)
+    else:
+        q = load_codes(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K)
+        qf = (q.to(tl.uint32) | MAGIC_F32_BITS).to(tl.float32, bitcast=True)  # 2^23 + q
+        w = (qf - expand_groups(z + MAGIC_F32, BN, BK)) * expand_groups(s, BN, BK)
+        return w.to(DOT_DTYPE)
 
 
 @triton.jit
 def qlinear_kernel(
     x_ptr, sx_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, KW, stride_xm,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_n, pid_m = tile_coords(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -54,22 +101,17 @@ def qlinear_kernel(
     rn_ld = rn % N
     rm_ld = rm % M
     rk = tl.arange(0, BK)
-    rb = tl.arange(0, BK // 2)
     n_groups = KW // GROUP_SIZE
     k_first, k_last = split_range(tl.program_id(1), tl.cdiv(KW, BK), SPLIT_K)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
     for kt in range(k_first, k_last):
         k = kt * BK + rk
-        b = kt * (BK // 2) + rb
         x_ptrs = x_ptr + rm_ld[:, None] * stride_xm + k[None, :]
-        p_ptrs = qw_ptr + rn_ld[:, None] * (KW // 2) + b[None, :]
         if EVEN_K:
             x = tl.load(x_ptrs)
-            p = tl.load(p_ptrs)
         else:
             x = tl.load(x_ptrs, mask=k[None, :] < K, other=0.0)
-            p = tl.load(p_ptrs, mask=b[None, :] < KW // 2, other=0)
-        w = dequant_tile(p, s_ptr, z_ptr, rn_ld, kt, n_groups, BN, BK)
+        w = dequant_tile(qw_ptr, s_ptr, z_ptr, rn_ld, kt, KW, n_groups, BN, BK, EVEN_K, FAST_DEQUANT)
         xt = tl.trans(x.to(DOT_DTYPE))
         if DOT_DTYPE == tl.float32:
             acc = tl.dot(w, xt, acc, input_precision="ieee")

@@ -13,9 +13,47 @@ W4A4Outlier, read as they are): qweight uint8 [N, K_np/2] (two's-complement nibb
 even k, K_np = K_n padded to the group), scale fp16 [N, K_np/G], outlier_weight int8 [N, O],
 outlier_scale fp16 [N]. Activations (quantize_act): int8 [M, K] holding INT4 values in the first
 K_n channels, float32 scales [M, K_np/G (+1 if O)], the outlier scale last.
+
+The INT4 weights enter the dot as 16 * w4: a code's nibble placed in the high half of a byte IS the
+two's-complement int8 of 16 * w4, so unpacking needs no sign extension, and the GPU path builds four
+such bytes per register with three bit operations (`i4_words_to_i8x16`). The group's INT32 partial
+sum is then 16 * acc_g (|16 * acc_g| <= 16 * 8 * 8 * G, far from overflow), and multiplying it by
+1/16 in float32 is exact, so the epilogue computes the reference's products bit for bit.
 """
 
 # --- template body ---
+
+
+@triton.jit
+def i4_words_to_i8x16(words):
+    """GPU only. Four signed 4-bit codes per 16-bit word -> four int8 16 * w4, one per byte lane."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 r, t;
+        prmt.b32 r, $1, 0, 0x1100;
+        shl.b32 t, r, 4;
+        and.b32 t, t, 0x00F000F0;
+        and.b32 r, r, 0xF000F000;
+        or.b32 $0, r, t;
+        }""",
+        constraints="=r,r,r,r,r",
+        args=[words],
+        dtype=tl.int8,
+        is_pure=True,
+        pack=4,
+    )
+
+
+@triton.jit
+def weight_tile_x16(qw_ptr, rn_ld, kt, KW, BN: tl.constexpr, BK: tl.constexpr, FAST_DEQUANT: tl.constexpr):
+    """int8 16 * w4 [BN, BK] of K tile kt (one group), natural K order."""
+    if FAST_DEQUANT:
+        return i4_words_to_i8x16(load_code_words(qw_ptr, rn_ld, kt, KW, BN, BK, True))
+    else:
+        rb = kt * (BK // 2) + tl.arange(0, BK // 2)
+        p = tl.load(qw_ptr + rn_ld[:, None] * (KW // 2) + rb[None, :])
+        # Low nibble shifted up, high nibble masked in place: both read as int8 are 16 * w4.
+        return tl.join((p << 4).to(tl.int8, bitcast=True), (p & 0xF0).to(tl.int8, bitcast=True)).reshape(BN, BK)
 
 # Outlier tail tile width: a power of two covering N_OUTLIERS, at least one INT8 MMA K-step (32).
 OUTLIER_BLOCK = tl.constexpr(max(32, 1 << max(0, N_OUTLIERS.value - 1).bit_length()))
@@ -25,7 +63,7 @@ OUTLIER_BLOCK = tl.constexpr(max(32, 1 << max(0, N_OUTLIERS.value - 1).bit_lengt
 def qlinear_kernel(
     x_ptr, sx_ptr, qw_ptr, s_ptr, ow_ptr, os_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, KW, stride_xm,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     tl.static_assert(BK == GROUP_SIZE, "w4a4: one K tile must be exactly one group")
@@ -35,7 +73,6 @@ def qlinear_kernel(
     rn_ld = rn % N
     rm_ld = rm % M
     rk = tl.arange(0, BK)
-    rb = tl.arange(0, BK // 2)
     k_normal = K - N_OUTLIERS
     n_groups = KW // GROUP_SIZE
     stride_sx = n_groups + (N_OUTLIERS > 0)
@@ -44,21 +81,18 @@ def qlinear_kernel(
     acc = tl.zeros((BN, BM), dtype=tl.float32)
     for kt in range(k_first, k_last):
         k = kt * BK + rk
-        b = kt * (BK // 2) + rb
         x_ptrs = x_ptr + rm_ld[:, None] * stride_xm + k[None, :]
         if EVEN_K:
             x = tl.load(x_ptrs)
         else:
             # Columns past K_n are outliers (or nothing): they must not enter a group's sum.
             x = tl.load(x_ptrs, mask=k[None, :] < k_normal, other=0)
-        p = tl.load(qw_ptr + rn_ld[:, None] * (KW // 2) + b[None, :]).to(tl.int8, bitcast=True)
-        # Sign-extend both nibbles: shift the low one up first, then arithmetic shifts down.
-        w4 = tl.join((p << 4) >> 4, p >> 4).reshape(BN, BK)
-        part = tl.dot(w4, tl.trans(x), out_dtype=tl.int32)
+        w16 = weight_tile_x16(qw_ptr, rn_ld, kt, KW, BN, BK, FAST_DEQUANT)
+        part = tl.dot(w16, tl.trans(x), out_dtype=tl.int32)
         sw = tl.load(s_ptr + rn_ld * n_groups + kt).to(tl.float32)
         sx = tl.load(sx_ptr + rm_ld * stride_sx + kt)
-        # Same order of float products as the reference: (acc_g * s_x) * s_w.
-        acc += (part.to(tl.float32) * sx[None, :]) * sw[:, None]
+        # acc_g = part / 16 exactly; then the reference's order of float products: (acc_g * s_x) * s_w.
+        acc += ((part.to(tl.float32) * 0.0625) * sx[None, :]) * sw[:, None]
 
     if N_OUTLIERS > 0:
         if pid_k == SPLIT_K - 1:

@@ -1,16 +1,32 @@
 """W4A8 qlinear with QoQ per-channel UINT4 weights (QServe's per-channel W4A8).
 
-    w[n, k]   = q[n, k] - z[n]                       UINT4 -> INT8 in registers, one subtraction
+    w[n, k]   = q[n, k] - z[n]                       UINT4 -> INT8 in registers
     acc[n, m] = sum_k w[n, k] * x[m, k]              INT8 tensor-core dot, INT32 accumulation (exact)
     y[m, n]   = acc * s_x[m] * s[n] (+ bias[n])      float32 epilogue, then the output dtype
 acc equals the reference's `x_q @ q^T - z * sum_k x_q` exactly (both are the same integer), so the
 kernel needs no per-token sum of x. Weight tensors (lowc.quant W4A8Channel, read as they are):
 qweight uint8 [N, Kp/2] (low nibble = even k; Kp = K rounded up to even), scale fp16 [N],
-zero fp16 [N] (integers 0..15, converted once per tile). Nibbles are split and re-interleaved as in
-the grouped W4A8 kernel (tl.join + reshape: a register relabelling, no shuffle).
+zero fp16 [N] (integers 0..15, converted once per tile).
+
+Dequantization is the grouped W4A8 one with s1 = 1 and c = 128 - z: q + c = w + 128 lies in
+113..143, so the GPU path (`u4_words_to_i8`, four codes per register) never carries across lanes.
+A config with DEQUANT_FIRST writes w (int8 [N, Kp]) with `dequant_kernel` and runs the W8A8 kernel.
 """
 
 # --- template body ---
+
+
+@triton.jit
+def dequant_tile(qw_ptr, c, rn_ld, kt, KW, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr,
+                 FAST_DEQUANT: tl.constexpr):
+    """int8 w [BN, BK] of K tile kt from the codes and c = 128 - z ([BN] int32)."""
+    if FAST_DEQUANT:
+        words = load_code_words(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K)
+        one = tl.full((BN, BK), 1, tl.int32)
+        return u4_words_to_i8(words, one, tl.broadcast_to((c * 0x01010101)[:, None], (BN, BK)))
+    else:
+        q = load_codes(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K).to(tl.int32)
+        return ((q + c[:, None]) ^ 0x80).to(tl.int8)
 
 
 @triton.jit
@@ -29,7 +45,7 @@ def epilogue(acc, sx_ptr, s_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS: tl.c
 def qlinear_kernel(
     x_ptr, sx_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, KW, stride_xm,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_n, pid_m = tile_coords(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -38,23 +54,17 @@ def qlinear_kernel(
     rn_ld = rn % N
     rm_ld = rm % M
     rk = tl.arange(0, BK)
-    rb = tl.arange(0, BK // 2)
-    z = tl.load(z_ptr + rn_ld).to(tl.int32)
+    c = 128 - tl.load(z_ptr + rn_ld).to(tl.int32)
     k_first, k_last = split_range(tl.program_id(1), tl.cdiv(KW, BK), SPLIT_K)
     acc = tl.zeros((BN, BM), dtype=tl.int32)
     for kt in range(k_first, k_last):
         k = kt * BK + rk
-        b = kt * (BK // 2) + rb
         x_ptrs = x_ptr + rm_ld[:, None] * stride_xm + k[None, :]
-        p_ptrs = qw_ptr + rn_ld[:, None] * (KW // 2) + b[None, :]
         if EVEN_K:
             x = tl.load(x_ptrs)
-            p = tl.load(p_ptrs)
         else:
             x = tl.load(x_ptrs, mask=k[None, :] < K, other=0)
-            p = tl.load(p_ptrs, mask=b[None, :] < KW // 2, other=0)
-        q = tl.join(p & 0xF, p >> 4).reshape(BN, BK).to(tl.int32)
-        w = (q - z[:, None]).to(tl.int8)
+        w = dequant_tile(qw_ptr, c, rn_ld, kt, KW, BN, BK, EVEN_K, FAST_DEQUANT)
         acc = tl.dot(w, tl.trans(x), acc, out_dtype=tl.int32)
 
     if SPLIT_K == 1:
@@ -66,6 +76,17 @@ def qlinear_kernel(
         acc, is_last = splitk_reduce(acc, ws_ptr, cnt_ptr, tile_id, offs, mask, SPLIT_K)
         if is_last:
             epilogue(acc, sx_ptr, s_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
+
+
+@triton.jit
+def dequant_kernel(qw_ptr, s_ptr, z_ptr, w8_ptr, N, KW, BN: tl.constexpr, BK: tl.constexpr):
+    """w int8 [N, KW] from the packed weight (first pass of the DEQUANT_FIRST strategy)."""
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    kt = tl.program_id(1)
+    rk = kt * BK + tl.arange(0, BK)
+    c = 128 - tl.load(z_ptr + rn % N).to(tl.int32)
+    w = dequant_tile(qw_ptr, c, rn % N, kt, KW, BN, BK, False, False)
+    tl.store(w8_ptr + rn[:, None] * KW + rk[None, :], w, mask=(rn[:, None] < N) & (rk[None, :] < KW))
 
 
 def reference(x, x_scale, weight, bias, out_dtype):

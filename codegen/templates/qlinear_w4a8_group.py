@@ -1,40 +1,38 @@
 """W4A8 qlinear with QoQ progressive group dequantization (QServe's W4A8 g128).
 
-    w8[n, k]  = q[n, k] * s1[n, g] - zs1[n, g]      UINT4 -> INT8 in registers, one multiply-subtract
+    w8[n, k]  = q[n, k] * s1[n, g] - zs1[n, g]      UINT4 -> INT8 in registers, one multiply-add
     acc[n, m] = sum_k w8[n, k] * x[m, k]            INT8 tensor-core dot, INT32 accumulation (exact)
     y[m, n]   = acc * s_x[m] * s0[n] (+ bias[n])     float32 epilogue, then the output dtype
 Weight tensors (lowc.quant W4A8Grouped, read as they are): qweight uint8 [N, Kp/2] (two codes per
 byte along K, low nibble = even k), s1 uint8 [N, Kp/G], zs1 uint8 [N, Kp/G], s0 fp16 [N]; Kp is K
 padded to the group (padded codes decode to exactly 0, and x is masked there anyway).
-The two nibbles of a byte are split with a shift and a mask and re-interleaved with tl.join +
-reshape, which Triton lowers to a register relabelling: each thread already holds both halves of
-its bytes, so the natural K order costs no shuffle and the tile feeds wgmma's A operand directly.
-The per-group integers s1, zs1 are broadcast over the tile; GROUP_SIZE is a compile-time constant,
-so a tile covers whole groups (BK >= GROUP_SIZE) or lies inside one group (BK < GROUP_SIZE).
+
+Dequantization computes w8 as ((q * s1 + c) ^ 0x80) with c = 128 - zs1, read as int8: q * s1 + c
+= w8 + 128, which lies in 0..255 because the protective range keeps w8 in -128..127, and XOR-ing
+bit 7 turns w8 + 128 into the two's-complement byte of w8. In that form the GPU path handles four
+codes per register (`u4_words_to_i8`): products q * s1 <= 15 * 16 = 240 fit a byte lane, and since
+every lane's final value stays in 0..255 and all four lanes add the same c, adding c (or
+subtracting |c|) never carries or borrows across lanes.
+
+Large M: a config with DEQUANT_FIRST runs `dequant_kernel` once (w8 into an int8 [N, Kp] buffer)
+and then the W8A8 kernel, whose epilogue (acc * s_x * s) is this one with s = s0.
 """
 
 # --- template body ---
 
 
 @triton.jit
-def dequant_tile(p, s1_ptr, zs1_ptr, rn_ld, kt, n_groups, BN: tl.constexpr, BK: tl.constexpr):
-    """Packed uint8 [BN, BK/2] -> int8 w8 [BN, BK] in natural K order (see module docstring)."""
-    q = tl.join(p & 0xF, p >> 4).reshape(BN, BK).to(tl.int32)
-    if BK <= GROUP_SIZE:
-        g = (kt * BK) // GROUP_SIZE
-        s1 = tl.load(s1_ptr + rn_ld * n_groups + g).to(tl.int32)
-        zs1 = tl.load(zs1_ptr + rn_ld * n_groups + g).to(tl.int32)
-        w8 = q * s1[:, None] - zs1[:, None]
+def dequant_tile(qw_ptr, s1_ptr, zs1_ptr, rn_ld, kt, KW, n_groups,
+                 BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, FAST_DEQUANT: tl.constexpr):
+    """int8 w8 [BN, BK] of K tile kt, natural K order (see module docstring)."""
+    s1 = load_group_values(s1_ptr, rn_ld, kt, n_groups, BK, GROUP_SIZE).to(tl.int32)
+    c = 128 - load_group_values(zs1_ptr, rn_ld, kt, n_groups, BK, GROUP_SIZE).to(tl.int32)
+    if FAST_DEQUANT:
+        words = load_code_words(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K)
+        return u4_words_to_i8(words, expand_groups(s1, BN, BK), expand_groups(c * 0x01010101, BN, BK))
     else:
-        GPT: tl.constexpr = BK // GROUP_SIZE
-        g = kt * GPT + tl.arange(0, GPT)
-        offs = rn_ld[:, None] * n_groups + g[None, :]
-        gmask = g[None, :] < n_groups
-        s1 = tl.load(s1_ptr + offs, mask=gmask, other=0).to(tl.int32)
-        zs1 = tl.load(zs1_ptr + offs, mask=gmask, other=0).to(tl.int32)
-        w8 = q.reshape(BN, GPT, GROUP_SIZE) * s1[:, :, None] - zs1[:, :, None]
-        w8 = w8.reshape(BN, BK)
-    return w8.to(tl.int8)
+        q = load_codes(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K).to(tl.int32)
+        return ((q * expand_groups(s1, BN, BK) + expand_groups(c, BN, BK)) ^ 0x80).to(tl.int8)
 
 
 @triton.jit
@@ -53,7 +51,7 @@ def epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS: tl.
 def qlinear_kernel(
     x_ptr, sx_ptr, qw_ptr, s1_ptr, zs1_ptr, s0_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, KW, stride_xm,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_n, pid_m = tile_coords(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -62,22 +60,17 @@ def qlinear_kernel(
     rn_ld = rn % N
     rm_ld = rm % M
     rk = tl.arange(0, BK)
-    rb = tl.arange(0, BK // 2)
     n_groups = KW // GROUP_SIZE
     k_first, k_last = split_range(tl.program_id(1), tl.cdiv(KW, BK), SPLIT_K)
     acc = tl.zeros((BN, BM), dtype=tl.int32)
     for kt in range(k_first, k_last):
         k = kt * BK + rk
-        b = kt * (BK // 2) + rb
         x_ptrs = x_ptr + rm_ld[:, None] * stride_xm + k[None, :]
-        p_ptrs = qw_ptr + rn_ld[:, None] * (KW // 2) + b[None, :]
         if EVEN_K:
             x = tl.load(x_ptrs)
-            p = tl.load(p_ptrs)
         else:
             x = tl.load(x_ptrs, mask=k[None, :] < K, other=0)
-            p = tl.load(p_ptrs, mask=b[None, :] < KW // 2, other=0)
-        w8 = dequant_tile(p, s1_ptr, zs1_ptr, rn_ld, kt, n_groups, BN, BK)
+        w8 = dequant_tile(qw_ptr, s1_ptr, zs1_ptr, rn_ld, kt, KW, n_groups, BN, BK, EVEN_K, FAST_DEQUANT)
         acc = tl.dot(w8, tl.trans(x), acc, out_dtype=tl.int32)
 
     if SPLIT_K == 1:
@@ -89,6 +82,16 @@ def qlinear_kernel(
         acc, is_last = splitk_reduce(acc, ws_ptr, cnt_ptr, tile_id, offs, mask, SPLIT_K)
         if is_last:
             epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
+
+
+@triton.jit
+def dequant_kernel(qw_ptr, s1_ptr, zs1_ptr, w8_ptr, N, KW, BN: tl.constexpr, BK: tl.constexpr):
+    """w8 int8 [N, KW] from the packed weight (first pass of the DEQUANT_FIRST strategy)."""
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    kt = tl.program_id(1)
+    rk = kt * BK + tl.arange(0, BK)
+    w8 = dequant_tile(qw_ptr, s1_ptr, zs1_ptr, rn % N, kt, KW, KW // GROUP_SIZE, BN, BK, False, False)
+    tl.store(w8_ptr + rn[:, None] * KW + rk[None, :], w8, mask=(rn[:, None] < N) & (rk[None, :] < KW))
 
 
 def reference(x, x_scale, weight, bias, out_dtype):

@@ -26,7 +26,7 @@ def epilogue(acc, sx_ptr, sw_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS: tl.
 def qlinear_kernel(
     x_ptr, sx_ptr, w_ptr, sw_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, K, KW, stride_xm,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_n, pid_m = tile_coords(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -41,13 +41,13 @@ def qlinear_kernel(
     for kt in range(k_first, k_last):
         k = kt * BK + rk
         x_ptrs = x_ptr + rm_ld[:, None] * stride_xm + k[None, :]
-        w_ptrs = w_ptr + rn_ld[:, None] * K + k[None, :]
+        w_ptrs = w_ptr + rn_ld[:, None] * KW + k[None, :]
         if EVEN_K:
             x = tl.load(x_ptrs)
             w = tl.load(w_ptrs)
         else:
             x = tl.load(x_ptrs, mask=k[None, :] < K, other=0)
-            w = tl.load(w_ptrs, mask=k[None, :] < K, other=0)
+            w = tl.load(w_ptrs, mask=k[None, :] < KW, other=0)
         acc = tl.dot(w, tl.trans(x), acc, out_dtype=tl.int32)
 
     if SPLIT_K == 1:

@@ -119,6 +119,24 @@ def test_w4a4_matches_reference(cache, fmt, k):
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)  # float32 summation order only
 
 
+@pytest.mark.parametrize("fmt,k", [("w4a8_g128", 264), ("w4a8_pc", 201)])
+def test_dequant_first_strategy_matches_the_fused_kernel(cache, fmt, k):
+    packed, weight, xq, sx, bias = make_case(fmt, 5, 37, k, seed=7)
+    two_pass = TileConfig(16, 32, 64, DEQUANT_FIRST=1)
+    acc = gemm.qlinear_triton(xq, sx, weight, None, fmt, torch.int32, config=two_pass, cache=cache)
+    ref = cache.get(spec_for_qlinear(fmt, torch.int8, torch.int32)).reference(xq, sx, weight, None, torch.int32)
+    assert torch.equal(acc, ref)
+    y = gemm.qlinear_triton(xq, sx, weight, bias, fmt, torch.float32, config=two_pass, cache=cache)
+    fused = gemm.qlinear_triton(xq, sx, weight, bias, fmt, torch.float32, config=CONFIGS[0], cache=cache)
+    assert torch.equal(y, fused)
+
+
+def test_dequant_first_is_only_for_w4a8(cache):
+    _, weight, xq, sx, _ = make_case("w8a8", 2, 8, 64)
+    with pytest.raises(KernelError, match="DEQUANT_FIRST"):
+        gemm.qlinear_triton(xq, sx, weight, None, "w8a8", torch.float32, config=TileConfig(16, 16, 64, DEQUANT_FIRST=1), cache=cache)
+
+
 def test_split_k_leaves_scratch_zeroed_and_repeats_exactly(cache):
     _, weight, xq, sx, _ = make_case("w4a8_g128", 3, 37, 512, seed=6)
     cfg = TileConfig(16, 16, 128, SPLIT_K=4)
