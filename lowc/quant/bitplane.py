@@ -360,6 +360,26 @@ class BitplaneIntWeight(_BitplaneWeight):
     def codes(self) -> torch.Tensor:
         return self.qweight
 
+    def element_grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(step, zero, qmin, qmax), float32 [N, K]: w' = (v - zero) * step with integer v in
+        [qmin, qmax], per element; what error-compensating passes (GPTQ) choose codes on."""
+        k = self.in_features
+        gl = self.spec.group_len(k)
+        step = self.scale.to(torch.float32).repeat_interleave(gl, dim=1)[:, :k].contiguous()
+        zero = self.zero.to(torch.float32).repeat_interleave(gl, dim=1)[:, :k].contiguous()
+        lo = -(2 ** (self.spec.planes - 1))
+        return step, zero, torch.full_like(step, lo), torch.full_like(step, lo + self.spec.levels - 1)
+
+    def with_codes(self, v: torch.Tensor) -> "BitplaneIntWeight":
+        """The same grid with new signed codes v [N, K] (integer-valued, within element_grid's range)."""
+        _, zero, qmin, qmax = self.element_grid()
+        v = v.to(torch.float32)
+        if v.shape != zero.shape or bool(((v < qmin) | (v > qmax) | (v != torch.round(v))).any()):
+            raise QuantizationError(f"{self.spec.name}: codes outside the grid's integer range (shape {tuple(v.shape)})")
+        pad = self.qweight[:, self.in_features:]  # padding columns keep v = zs (exact zeros)
+        return BitplaneIntWeight(self.spec, self.in_features, torch.cat((v.to(torch.int8), pad), dim=1),
+                                 self.scale, self.zero)
+
     def to_planes(self) -> "BitplaneWeight":
         """The bit-plane form of the same weight (what the bitplane pass stores)."""
         spec = self.spec.with_form("bp")

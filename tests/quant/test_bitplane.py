@@ -253,3 +253,18 @@ def test_bits_per_weight_scale_with_planes():
     bpw = {b: quantize_weight(w, f"w{b}a8_g128_bp").bits_per_weight for b in (2, 3, 6)}
     for b, v in bpw.items():
         assert math.isclose(v, b + 24 / 128, rel_tol=1e-6)  # planes + fp16 scale and int8 zero per 128
+
+
+def test_element_grid_and_with_codes_round_trip():
+    w = torch.randn(6, 150)
+    p = BitplaneIntWeight.from_float(w, "w3a8_g64_int")
+    step, zero, qmin, qmax = p.element_grid()
+    v = p.qweight[:, :150].float()
+    assert bool(((v >= qmin) & (v <= qmax)).all()) and int(qmax[0, 0] - qmin[0, 0]) == 7
+    torch.testing.assert_close((v - zero) * step, p.dequantize(), rtol=0, atol=0)
+    same = p.with_codes(v)
+    assert all(torch.equal(a, b) for a, b in zip(same.tensors(), p.tensors()))
+    with pytest.raises(QuantizationError, match="outside the grid"):
+        p.with_codes(v + 8)
+    bb = BitplaneIntWeight.from_float(w, "w2a8_g64_bb_int")
+    assert int(bb.element_grid()[3][0, 0]) == -4 + 4  # five levels: v in -4..0
