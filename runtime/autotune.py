@@ -144,29 +144,43 @@ def default_config(spec: KernelSpec, m: int, n: int, k: int) -> TileConfig:
 
 
 def candidate_configs(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig]:
-    """The small search space tuned per (spec, M bucket, N, K): a few tiles around the default."""
-    g = spec.group_size
-    bks = [g] if spec.family == "w4a4" else [128, 256]
-    sms = _sm_count()
+    """The small search space tuned per (spec, M bucket, N, K): a handful of tiles per regime.
+
+    Decode (M <= 64): 16-64 tokens x 64/128 channels, BK 256 (bytes in flight), split-K around the
+    value that gives two programs per SM. Middle: 64-128 x 128-256 tiles. Large M: 128-256 square-ish
+    tiles with 8 warps, and for w4a8 the DEQUANT_FIRST two-pass strategy.
+    """
+    two_pass = spec.family in ("w4a8_g", "w4a8_pc")
+    if spec.family == "w4a4":
+        bk_decode, bk = (spec.group_size,), spec.group_size
+    else:
+        bk_decode, bk = (256, 512), (64 if spec.a_bits == 16 else 128)
     out: list[TileConfig] = []
     if m <= 64:
         bm = max(16, m_bucket(m))
         for bn in (64, 128):
-            for bk in bks:
+            for bk_d in bk_decode:
                 tiles = -(-m // bm) * -(-n // bn)
-                base = _split_for(tiles, -(-k // bk), sms)
-                for split in sorted({1, base, max(1, base // 2), base * 2}):
-                    for stages in (3, 4):
-                        out.append(TileConfig(bm, bn, bk, split, 4, stages))
+                base = _split_for(tiles, -(-k // bk_d), _sm_count())
+                for split in sorted({1, max(1, base // 2), base, base * 2}):
+                    out.append(TileConfig(bm, bn, bk_d, split, 4, 4 if bk_d <= 256 else 3))
     elif m <= 256:
         for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (64, 256, 8)):
-            for bk in bks[:1] + ([64] if spec.family != "w4a4" and spec.a_bits == 16 else []):
-                for stages in (3, 4):
-                    out.append(TileConfig(bm, bn, bk, 1, warps, stages))
-    else:
-        for bm, bn, warps in ((128, 128, 8), (128, 256, 8), (256, 128, 8)):
             for stages in (3, 4):
-                out.append(TileConfig(bm, bn, bks[0] if spec.a_bits != 16 else 64, 1, warps, stages))
+                out.append(TileConfig(bm, bn, bk, 1, warps, stages))
+    else:
+        if spec.family == "w4a4":  # two float32 accumulators: 128x128 per 8 warps spills
+            tiles = ((64, 128, 8), (128, 128, 8), (64, 256, 8))
+        else:
+            tiles = ((128, 128, 8), (128, 256, 8), (256, 128, 8))
+        for bm, bn, warps in tiles:
+            for stages in (3, 4):
+                out.append(TileConfig(bm, bn, bk, 1, warps, stages))
+    if two_pass and m >= 128:
+        out += [TileConfig(128, 128, 128, 1, 8, 3, DEQUANT_FIRST=1), TileConfig(128, 128, 128, 1, 8, 4, DEQUANT_FIRST=1),
+                TileConfig(256, 128, 128, 1, 8, 3, DEQUANT_FIRST=1)]
+        if m <= 256:
+            out.append(TileConfig(64, 128, 128, 1, 4, 4, DEQUANT_FIRST=1))
     valid = []
     for c in dict.fromkeys(out):
         try:

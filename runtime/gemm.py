@@ -103,6 +103,9 @@ def qlinear_triton(
     loaded = cache.get(spec)
     sx = x_scale.reshape(m, -1).contiguous() if x_scale is not None else x2
     weight = [w.contiguous() for w in weight]
+    if spec.family == "w4a4" and kw == 0:
+        # Every input channel is an outlier: no group scales exist, but the kernel prefetches one.
+        weight[1] = torch.zeros((n, 1), dtype=weight[1].dtype, device=weight[1].device)
     bias_arg = bias.contiguous() if bias is not None else out
 
     def launch(cfg: TileConfig) -> None:
@@ -137,7 +140,7 @@ def _launch(loaded: LoadedKernel, cfg, spec, cache, x2, sx, weight, bias_arg, ha
         ws = tickets = out  # never touched when SPLIT_K == 1
     try:
         loaded.kernel[grid](
-            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, x2.stride(0),
+            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, x2.stride(0), kw // 4,
             HAS_BIAS=has_bias, EVEN_K=_even_k(spec, k, kw, cfg.BK), INTERPRETED=out.device.type == "cpu",
             FAST_DEQUANT=_fast_dequant(spec, out.device, kw),
             BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K, GROUP_M=cfg.GROUP_M,

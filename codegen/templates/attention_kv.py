@@ -39,6 +39,34 @@ def as_dot(x, INTERPRETED: tl.constexpr):
 
 
 @triton.jit
+def nibble_operand(nib, INTERPRETED: tl.constexpr):
+    """UINT4 codes (uint8 0..15) as a dot operand without an int-to-float conversion instruction (a
+    quarter-rate I2F per value was half the decode time): OR-ing the code into the mantissa of
+    0x4300 gives the bf16 value 128 + code (fp16: 0x6400 -> 1024 + code), exactly. The bias is
+    taken out with the zero point (nibble_bias). float32 dots convert plainly (bias 0)."""
+    if DOT_DTYPE == tl.bfloat16:
+        x = (nib.to(tl.int32) | 0x4300).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    elif DOT_DTYPE == tl.float16:
+        x = (nib.to(tl.int32) | 0x6400).to(tl.uint16).to(tl.float16, bitcast=True)
+    else:
+        x = nib.to(tl.float32)
+    if INTERPRETED:
+        x = x.to(tl.float32)  # the interpreter's dot would multiply bf16 bit patterns
+    return x
+
+
+@triton.jit
+def nibble_bias():
+    """The constant nibble_operand adds to every code."""
+    if DOT_DTYPE == tl.bfloat16:
+        return 128.0
+    elif DOT_DTYPE == tl.float16:
+        return 1024.0
+    else:
+        return 0.0
+
+
+@triton.jit
 def load_q(q_base, rows, rmask, stride_r, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr, INTERPRETED: tl.constexpr):
     """(qa, qb, qsum) of query rows: kv4 splits q into even and odd columns (qa, qb); otherwise qa is q
     and qb an unused zero tile. qsum = sum_d q in float32 (for the kv4 zero-point term)."""
@@ -56,40 +84,52 @@ def load_q(q_base, rows, rmask, stride_r, HEAD_DIM: tl.constexpr, D_LOAD: tl.con
 
 
 @triton.jit
-def tile_scores(qa, qb, qsum, d_ptr, s_ptr, z_ptr, tok, tmask, D_LOAD: tl.constexpr, PRECISION: tl.constexpr,
+def load_scales(s_ptr, z_ptr, tok, tmask):
+    """Per-token (scale, zero) of a tile as float32 (zeros where the format has none). The kernels
+    load them one tile ahead: they are too small for the async copies that stream the data tiles,
+    and a load issued one iteration early has its latency hidden behind that iteration's math."""
+    if KV_BITS == 16:
+        s = tl.zeros(tok.shape, tl.float32)
+        z = s
+    else:
+        s = tl.load(s_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
+        if KV_BITS == 4:
+            z = tl.load(z_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
+        else:
+            z = s
+    return s, z
+
+
+@triton.jit
+def tile_scores(qa, qb, qsum, d_ptr, s, z, tok, tmask, D_LOAD: tl.constexpr, PRECISION: tl.constexpr,
                 INTERPRETED: tl.constexpr):
-    """q . k for the BLOCK_N cached tokens `tok` of one (slot, head): float32 [rows, BLOCK_N]."""
+    """q . k for the BLOCK_N cached tokens `tok` of one (slot, head), with their scales s and zeros z:
+    float32 [rows, BLOCK_N]."""
     j = tl.arange(0, D_LOAD)
     raw = tl.load(d_ptr + tok[:, None] * D_LOAD + j[None, :], mask=tmask[:, None], other=0)
     if KV_BITS == 4:
-        acc = tl.dot(qa, tl.trans(as_dot(raw & 15, INTERPRETED)), input_precision=PRECISION)
-        acc = tl.dot(qb, tl.trans(as_dot(raw >> 4, INTERPRETED)), acc, input_precision=PRECISION)
-        s = tl.load(s_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
-        return s[None, :] * (acc - qsum[:, None] * z[None, :])
+        acc = tl.dot(qa, tl.trans(nibble_operand(raw & 15, INTERPRETED)), input_precision=PRECISION)
+        acc = tl.dot(qb, tl.trans(nibble_operand(raw >> 4, INTERPRETED)), acc, input_precision=PRECISION)
+        return s[None, :] * (acc - qsum[:, None] * (z + nibble_bias())[None, :])
     elif KV_BITS == 8:
         acc = tl.dot(qa, tl.trans(as_dot(raw, INTERPRETED)), input_precision=PRECISION)
-        s = tl.load(s_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
         return acc * s[None, :]
     else:
         return tl.dot(qa, tl.trans(as_dot(raw, INTERPRETED)), input_precision=PRECISION)
 
 
 @triton.jit
-def tile_pv(p, acc_a, acc_b, d_ptr, s_ptr, z_ptr, tok, tmask, D_LOAD: tl.constexpr, PRECISION: tl.constexpr,
+def tile_pv(p, acc_a, acc_b, d_ptr, s, z, tok, tmask, D_LOAD: tl.constexpr, PRECISION: tl.constexpr,
             INTERPRETED: tl.constexpr):
     """acc += p . v for the same tokens (p float32 [rows, BLOCK_N], 0 where masked)."""
     j = tl.arange(0, D_LOAD)
     raw = tl.load(d_ptr + tok[:, None] * D_LOAD + j[None, :], mask=tmask[:, None], other=0)
     if KV_BITS == 4:
-        s = tl.load(s_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
         ps = as_dot(p * s[None, :], INTERPRETED)
-        corr = tl.sum(ps.to(tl.float32) * z[None, :], axis=1)
-        acc_a = tl.dot(ps, as_dot(raw & 15, INTERPRETED), acc_a, input_precision=PRECISION) - corr[:, None]
-        acc_b = tl.dot(ps, as_dot(raw >> 4, INTERPRETED), acc_b, input_precision=PRECISION) - corr[:, None]
+        corr = tl.sum(ps.to(tl.float32) * (z + nibble_bias())[None, :], axis=1)
+        acc_a = tl.dot(ps, nibble_operand(raw & 15, INTERPRETED), acc_a, input_precision=PRECISION) - corr[:, None]
+        acc_b = tl.dot(ps, nibble_operand(raw >> 4, INTERPRETED), acc_b, input_precision=PRECISION) - corr[:, None]
     elif KV_BITS == 8:
-        s = tl.load(s_ptr + tok, mask=tmask, other=0.0).to(tl.float32)
         ps = as_dot(p * s[None, :], INTERPRETED)
         acc_a = tl.dot(ps, as_dot(raw, INTERPRETED), acc_a, input_precision=PRECISION)
     else:
@@ -132,7 +172,7 @@ def decode_kernel(
     b = pair // HKV
     kvh = pair % HKV
     slot = tl.load(slot_ptr + b)
-    total = tl.load(clen_ptr + b) + tl.load(nlen_ptr + b)  # the new token is already stored
+    total = (tl.load(clen_ptr + b) + tl.load(nlen_ptr + b)).to(tl.int32)  # the new token is already stored
     first = tl.where(window > 0, tl.maximum(total - window, 0), 0)
     chunk = tl.cdiv(tl.cdiv(total - first, NUM_SPLITS), BLOCK_N) * BLOCK_N
     lo = first + split * chunk
@@ -155,13 +195,19 @@ def decode_kernel(
     l = tl.zeros((BLOCK_H,), tl.float32)
     acc_a = tl.zeros((BLOCK_H, D_LOAD), tl.float32)
     acc_b = tl.zeros((BLOCK_H, D_LOAD), tl.float32)
+    tok = lo + tl.arange(0, BLOCK_N)
+    k_s, k_z = load_scales(ks, kz, tok, tok < hi)
+    v_s, v_z = load_scales(vs, vz, tok, tok < hi)
     for n0 in range(lo, hi, BLOCK_N):
         tok = n0 + tl.arange(0, BLOCK_N)
         tmask = tok < hi
-        s = tile_scores(qa, qb, qsum, kd, ks, kz, tok, tmask, D_LOAD, PRECISION, INTERPRETED) * qk_scale
+        nxt_k_s, nxt_k_z = load_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi)  # prefetch
+        nxt_v_s, nxt_v_z = load_scales(vs, vz, tok + BLOCK_N, tok + BLOCK_N < hi)
+        s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, INTERPRETED) * qk_scale
         s = tl.where(tmask[None, :], s, float("-inf"))
         p, m, l, acc_a, acc_b = online_softmax_step(s, m, l, acc_a, acc_b)
-        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, vs, vz, tok, tmask, D_LOAD, PRECISION, INTERPRETED)
+        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, v_s, v_z, tok, tmask, D_LOAD, PRECISION, INTERPRETED)
+        k_s, k_z, v_s, v_z = nxt_k_s, nxt_k_z, nxt_v_s, nxt_v_z
 
     d = tl.arange(0, HEAD_DIM)
     out_rows = out_ptr + (b.to(tl.int64) * HKV * GROUP + kvh * GROUP + h) * HEAD_DIM  # out [B, 1, H, D]
@@ -238,12 +284,14 @@ def prefill_kernel(
     for n0 in range(lo, hi, BLOCK_N):
         tok = n0 + tl.arange(0, BLOCK_N)
         tmask = tok < hi
-        s = tile_scores(qa, qb, qsum, kd, ks, kz, tok, tmask, D_LOAD, PRECISION, INTERPRETED) * qk_scale
+        k_s, k_z = load_scales(ks, kz, tok, tmask)
+        v_s, v_z = load_scales(vs, vz, tok, tmask)
+        s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, INTERPRETED) * qk_scale
         allowed = tmask[None, :] & (tok[None, :] <= qpos[:, None])
         allowed = allowed & ((window <= 0) | (qpos[:, None] - tok[None, :] < window))
         s = tl.where(allowed, s, float("-inf"))
         p, m, l, acc_a, acc_b = online_softmax_step(s, m, l, acc_a, acc_b)
-        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, vs, vz, tok, tmask, D_LOAD, PRECISION, INTERPRETED)
+        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, v_s, v_z, tok, tmask, D_LOAD, PRECISION, INTERPRETED)
 
     acc = full_width(acc_a, acc_b, BLOCK_M, HEAD_DIM)
     o = tl.where(l[:, None] > 0, acc / tl.where(l > 0, l, 1.0)[:, None], 0.0)  # padding rows: 0

@@ -57,19 +57,23 @@ def split_range(pid_k, k_tiles, SPLIT_K: tl.constexpr):
 
 @triton.jit
 def splitk_reduce(acc, ws_ptr, cnt_ptr, tile_id, offs, mask, SPLIT_K: tl.constexpr):
-    """Add `acc` into the workspace; return (total, is_last). Only when is_last is total valid."""
-    # Release: this program's partial sums are visible before its ticket is.
-    tl.atomic_add(ws_ptr + offs, acc, mask=mask, sem="release")
+    """Add `acc` into the workspace; return (total, is_last). Only when is_last is total valid.
+
+    Ordering: the partial sums are relaxed atomics (independent, fire-and-forget); the barrier
+    orders them before the ticket, which one thread takes with acquire-release semantics at GPU
+    scope, so they happen before the last program's acquire of the final ticket; that program's
+    threads read after its barrier. (Release semantics on every partial sum would put a fence in
+    front of each atomic and serialize them: measured several microseconds per launch.)"""
+    tl.atomic_add(ws_ptr + offs, acc, mask=mask, sem="relaxed")
     tl.debug_barrier()
     ticket = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel")
     is_last = ticket == SPLIT_K - 1
     total = acc
     if is_last:
-        # Acquire: every partial sum arrived before the last ticket; read them and leave zeros.
-        # Exchange through an integer view: the swap only moves bits, and every backend (the CPU
-        # interpreter too) supports integer exchange.
+        # Read every partial sum and leave zeros for the next launch. Exchange through an integer
+        # view: the swap only moves bits, and every backend (the CPU interpreter too) has it.
         bits_ptr = ws_ptr.to(tl.pointer_type(tl.int32))
-        total = tl.atomic_xchg(bits_ptr + offs, tl.zeros(acc.shape, tl.int32), mask=mask, sem="acq_rel")
+        total = tl.atomic_xchg(bits_ptr + offs, tl.zeros(acc.shape, tl.int32), mask=mask, sem="relaxed")
         # Masked-off lanes return undefined bits: zero them so no garbage reaches a cast.
         total = tl.where(mask, total.to(acc.dtype, bitcast=True), 0)
         tl.store(cnt_ptr + tile_id, 0)
@@ -77,15 +81,17 @@ def splitk_reduce(acc, ws_ptr, cnt_ptr, tile_id, offs, mask, SPLIT_K: tl.constex
 
 
 @triton.jit
-def load_code_words(qw_ptr, rn_ld, kt, KW, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr):
+def load_code_words(qw_ptr, rn_ld, kt, stride_w16, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr):
     """[BN, BK] int32: for each k, the zero-extended 16-bit word holding codes 4*(k//4) .. +3 of its
-    row (canonical packing: code 4j in bits 0-3, 4j+1 in 4-7, 4j+2 in 8-11, 4j+3 in 12-15)."""
+    row (canonical packing: code 4j in bits 0-3, 4j+1 in 4-7, 4j+2 in 8-11, 4j+3 in 12-15).
+    stride_w16 = KW // 4, the row length in 16-bit words, passed from the host so that Triton sees
+    its divisibility and loads 16 bytes at a time."""
     rw = kt * (BK // 4) + tl.arange(0, BK // 4)
-    ptrs = qw_ptr.to(tl.pointer_type(tl.uint16)) + rn_ld[:, None] * (KW // 4) + rw[None, :]
+    ptrs = qw_ptr.to(tl.pointer_type(tl.uint16)) + rn_ld[:, None] * stride_w16 + rw[None, :]
     if EVEN_K:
         words = tl.load(ptrs)
     else:
-        words = tl.load(ptrs, mask=rw[None, :] < KW // 4, other=0)
+        words = tl.load(ptrs, mask=rw[None, :] < stride_w16, other=0)
     # Broadcasting along a new minor axis is free: the four K values of a word share its register.
     return tl.broadcast_to(words.to(tl.int32)[:, :, None], (BN, BK // 4, 4)).reshape(BN, BK)
 

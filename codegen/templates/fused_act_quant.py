@@ -64,15 +64,16 @@ def quantize_store(y, k, K, q_ptr, s_ptr, row, BLOCK_K: tl.constexpr):
         gs = symmetric_scale(tl.max(grouped, axis=1), 7.0)
         s_el = tl.reshape(tl.broadcast_to(gs[:, None], (BLOCK_K // GROUP_SIZE, GROUP_SIZE)), (BLOCK_K,))
         qmax = tl.full(y.shape, 7.0, tl.float32)
+        n_scales = n_groups
         if N_OUTLIERS > 0:
-            os = symmetric_scale(tl.max(tl.where(is_normal, 0.0, a), axis=0), 127.0)
-            s_el = tl.where(is_normal, s_el, os)
+            n_scales = n_groups + 1  # the outlier tail's scale comes last
+            tail_s = symmetric_scale(tl.max(tl.where(is_normal, 0.0, a), axis=0), 127.0)
+            s_el = tl.where(is_normal, s_el, tail_s)
             qmax = tl.where(is_normal, qmax, 127.0)
-            tl.store(s_ptr + row * (n_groups + 1) + n_groups, os)
+            tl.store(s_ptr + row * n_scales + n_groups, tail_s)
         q = tl.minimum(tl.maximum(rint(tl.math.div_rn(y, s_el)), -qmax), qmax)
         tl.store(q_ptr + row * K + k, q.to(tl.int8), mask=k < K)
         g = tl.arange(0, BLOCK_K // GROUP_SIZE)
-        n_scales = n_groups + (1 if N_OUTLIERS > 0 else 0)
         tl.store(s_ptr + row * n_scales + g, gs, mask=g < n_groups)
 
 

@@ -56,12 +56,11 @@ def fp16_scale_up(s):
 def rope_tile(x_base, stride_t, cos_base, sin_base, stride_ct, stride_st, t, tmask, d, out_ty,
               HEAD_DIM: tl.constexpr):
     """x*cos + rotate_half(x)*sin for a [BLOCK_T, HEAD_DIM] tile, rounded like eager torch."""
-    half: tl.constexpr = HEAD_DIM // 2
     m = tmask[:, None]
     x = tl.load(x_base + t[:, None] * stride_t + d[None, :], mask=m, other=0.0).to(tl.float32)
-    partner = tl.where(d < half, d + half, d - half)
+    partner = tl.where(d < HEAD_DIM // 2, d + HEAD_DIM // 2, d - HEAD_DIM // 2)
     xr = tl.load(x_base + t[:, None] * stride_t + partner[None, :], mask=m, other=0.0).to(tl.float32)
-    xr = tl.where(d[None, :] < half, -xr, xr)
+    xr = tl.where(d[None, :] < HEAD_DIM // 2, -xr, xr)
     c = tl.load(cos_base + t[:, None] * stride_ct + d[None, :], mask=m, other=0.0).to(tl.float32)
     s = tl.load(sin_base + t[:, None] * stride_st + d[None, :], mask=m, other=0.0).to(tl.float32)
     a = round_to(x * c, out_ty).to(tl.float32)

@@ -63,12 +63,20 @@ def packed_halves(v):
 
 
 @triton.jit
-def dequant_tile(qw_ptr, s_ptr, z_ptr, rn_ld, kt, KW, n_groups,
-                 BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, FAST_DEQUANT: tl.constexpr):
-    """Weights [BN, BK] in DOT_DTYPE, natural K order (see module docstring)."""
-    # The scale as the dot dtype will hold it (exact for fp16/fp32, rounded for bf16).
+def group_params(s_ptr, z_ptr, rn_ld, kt, n_groups, BK: tl.constexpr):
+    """(scale as the dot dtype holds it, zero) as float32 [BN, groups of tile kt]; kt may run one
+    past the last tile (the prefetch), where the loads are clamped to the last group."""
+    kt = tl.minimum(kt, tl.cdiv(n_groups * GROUP_SIZE, BK) - 1)
+    # The scale rounded to the dot dtype (exact for fp16/fp32, rounded for bf16).
     s = load_group_values(s_ptr, rn_ld, kt, n_groups, BK, GROUP_SIZE).to(DOT_DTYPE).to(tl.float32)
     z = load_group_values(z_ptr, rn_ld, kt, n_groups, BK, GROUP_SIZE).to(tl.float32)
+    return s, z
+
+
+@triton.jit
+def dequant_tile(qw_ptr, s, z, rn_ld, kt, KW,
+                 BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, FAST_DEQUANT: tl.constexpr):
+    """Weights [BN, BK] in DOT_DTYPE from the tile's group parameters, natural K order."""
     if FAST_DEQUANT:
         magic = 128.0 if DOT_DTYPE == tl.bfloat16 else 1024.0
         rb = kt * (BK // 2) + tl.arange(0, BK // 2)
@@ -91,7 +99,7 @@ def dequant_tile(qw_ptr, s_ptr, z_ptr, rn_ld, kt, KW, n_groups,
 @triton.jit
 def qlinear_kernel(
     x_ptr, sx_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, KW, stride_xm,
+    M, N, K, KW, stride_xm, stride_w16,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -104,6 +112,8 @@ def qlinear_kernel(
     n_groups = KW // GROUP_SIZE
     k_first, k_last = split_range(tl.program_id(1), tl.cdiv(KW, BK), SPLIT_K)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
+    # Group parameters are tiny loads Triton does not pipeline: fetch them one tile ahead.
+    s, z = group_params(s_ptr, z_ptr, rn_ld, k_first, n_groups, BK)
     for kt in range(k_first, k_last):
         k = kt * BK + rk
         x_ptrs = x_ptr + rm_ld[:, None] * stride_xm + k[None, :]
@@ -111,7 +121,8 @@ def qlinear_kernel(
             x = tl.load(x_ptrs)
         else:
             x = tl.load(x_ptrs, mask=k[None, :] < K, other=0.0)
-        w = dequant_tile(qw_ptr, s_ptr, z_ptr, rn_ld, kt, KW, n_groups, BN, BK, EVEN_K, FAST_DEQUANT)
+        s_next, z_next = group_params(s_ptr, z_ptr, rn_ld, kt + 1, n_groups, BK)
+        w = dequant_tile(qw_ptr, s, z, rn_ld, kt, KW, BN, BK, EVEN_K, FAST_DEQUANT)
         xt = tl.trans(x.to(DOT_DTYPE))
         if DOT_DTYPE == tl.float32:
             acc = tl.dot(w, xt, acc, input_precision="ieee")
@@ -121,6 +132,7 @@ def qlinear_kernel(
             acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
         else:
             acc = tl.dot(w, xt, acc)
+        s, z = s_next, z_next
 
     if SPLIT_K == 1:
         store_tile(out_ptr, acc, rn, rm, M, N, bias_ptr, HAS_BIAS)

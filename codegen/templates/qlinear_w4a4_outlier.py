@@ -45,10 +45,10 @@ def i4_words_to_i8x16(words):
 
 
 @triton.jit
-def weight_tile_x16(qw_ptr, rn_ld, kt, KW, BN: tl.constexpr, BK: tl.constexpr, FAST_DEQUANT: tl.constexpr):
+def weight_tile_x16(qw_ptr, rn_ld, kt, KW, stride_w16, BN: tl.constexpr, BK: tl.constexpr, FAST_DEQUANT: tl.constexpr):
     """int8 16 * w4 [BN, BK] of K tile kt (one group), natural K order."""
     if FAST_DEQUANT:
-        return i4_words_to_i8x16(load_code_words(qw_ptr, rn_ld, kt, KW, BN, BK, True))
+        return i4_words_to_i8x16(load_code_words(qw_ptr, rn_ld, kt, stride_w16, BN, BK, True))
     else:
         rb = kt * (BK // 2) + tl.arange(0, BK // 2)
         p = tl.load(qw_ptr + rn_ld[:, None] * (KW // 2) + rb[None, :])
@@ -62,7 +62,7 @@ OUTLIER_BLOCK = tl.constexpr(max(32, 1 << max(0, N_OUTLIERS.value - 1).bit_lengt
 @triton.jit
 def qlinear_kernel(
     x_ptr, sx_ptr, qw_ptr, s_ptr, ow_ptr, os_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, KW, stride_xm,
+    M, N, K, KW, stride_xm, stride_w16,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -79,7 +79,15 @@ def qlinear_kernel(
     pid_k = tl.program_id(1)
     k_first, k_last = split_range(pid_k, n_groups, SPLIT_K)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
+    # Per-group scales are tiny loads Triton does not pipeline: fetch them one group ahead.
+    # (The launcher guarantees n_groups >= 1 in the scale tensors' row strides: see _launch.)
+    first = tl.maximum(tl.minimum(k_first, n_groups - 1), 0)
+    sw = tl.load(s_ptr + rn_ld * n_groups + first).to(tl.float32)
+    sx = tl.load(sx_ptr + rm_ld * stride_sx + first)
     for kt in range(k_first, k_last):
+        nxt = tl.minimum(kt + 1, n_groups - 1)
+        sw_next = tl.load(s_ptr + rn_ld * n_groups + nxt).to(tl.float32)
+        sx_next = tl.load(sx_ptr + rm_ld * stride_sx + nxt)
         k = kt * BK + rk
         x_ptrs = x_ptr + rm_ld[:, None] * stride_xm + k[None, :]
         if EVEN_K:
@@ -87,12 +95,11 @@ def qlinear_kernel(
         else:
             # Columns past K_n are outliers (or nothing): they must not enter a group's sum.
             x = tl.load(x_ptrs, mask=k[None, :] < k_normal, other=0)
-        w16 = weight_tile_x16(qw_ptr, rn_ld, kt, KW, BN, BK, FAST_DEQUANT)
+        w16 = weight_tile_x16(qw_ptr, rn_ld, kt, KW, stride_w16, BN, BK, FAST_DEQUANT)
         part = tl.dot(w16, tl.trans(x), out_dtype=tl.int32)
-        sw = tl.load(s_ptr + rn_ld * n_groups + kt).to(tl.float32)
-        sx = tl.load(sx_ptr + rm_ld * stride_sx + kt)
         # acc_g = part / 16 exactly; then the reference's order of float products: (acc_g * s_x) * s_w.
         acc += ((part.to(tl.float32) * 0.0625) * sx[None, :]) * sw[:, None]
+        sw, sx = sw_next, sx_next
 
     if N_OUTLIERS > 0:
         if pid_k == SPLIT_K - 1:

@@ -17,11 +17,11 @@ A config with DEQUANT_FIRST writes w (int8 [N, Kp]) with `dequant_kernel` and ru
 
 
 @triton.jit
-def dequant_tile(qw_ptr, c, rn_ld, kt, KW, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr,
+def dequant_tile(qw_ptr, c, rn_ld, kt, KW, stride_w16, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr,
                  FAST_DEQUANT: tl.constexpr):
     """int8 w [BN, BK] of K tile kt from the codes and c = 128 - z ([BN] int32)."""
     if FAST_DEQUANT:
-        words = load_code_words(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K)
+        words = load_code_words(qw_ptr, rn_ld, kt, stride_w16, BN, BK, EVEN_K)
         one = tl.full((BN, BK), 1, tl.int32)
         return u4_words_to_i8(words, one, tl.broadcast_to((c * 0x01010101)[:, None], (BN, BK)))
     else:
@@ -44,7 +44,7 @@ def epilogue(acc, sx_ptr, s_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS: tl.c
 @triton.jit
 def qlinear_kernel(
     x_ptr, sx_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, KW, stride_xm,
+    M, N, K, KW, stride_xm, stride_w16,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -64,7 +64,7 @@ def qlinear_kernel(
             x = tl.load(x_ptrs)
         else:
             x = tl.load(x_ptrs, mask=k[None, :] < K, other=0)
-        w = dequant_tile(qw_ptr, c, rn_ld, kt, KW, BN, BK, EVEN_K, FAST_DEQUANT)
+        w = dequant_tile(qw_ptr, c, rn_ld, kt, KW, stride_w16, BN, BK, EVEN_K, FAST_DEQUANT)
         acc = tl.dot(w, tl.trans(x), acc, out_dtype=tl.int32)
 
     if SPLIT_K == 1:
@@ -85,7 +85,7 @@ def dequant_kernel(qw_ptr, s_ptr, z_ptr, w8_ptr, N, KW, BN: tl.constexpr, BK: tl
     kt = tl.program_id(1)
     rk = kt * BK + tl.arange(0, BK)
     c = 128 - tl.load(z_ptr + rn % N).to(tl.int32)
-    w = dequant_tile(qw_ptr, c, rn % N, kt, KW, BN, BK, False, False)
+    w = dequant_tile(qw_ptr, c, rn % N, kt, KW, KW // 4, BN, BK, False, False)
     tl.store(w8_ptr + rn[:, None] * KW + rk[None, :], w, mask=(rn[:, None] < N) & (rk[None, :] < KW))
 
 

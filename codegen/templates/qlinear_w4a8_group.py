@@ -22,13 +22,21 @@ and then the W8A8 kernel, whose epilogue (acc * s_x * s) is this one with s = s0
 
 
 @triton.jit
-def dequant_tile(qw_ptr, s1_ptr, zs1_ptr, rn_ld, kt, KW, n_groups,
-                 BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, FAST_DEQUANT: tl.constexpr):
-    """int8 w8 [BN, BK] of K tile kt, natural K order (see module docstring)."""
+def group_params(s1_ptr, zs1_ptr, rn_ld, kt, n_groups, BK: tl.constexpr):
+    """(s1, c = 128 - zs1) as int32 [BN, groups of tile kt]; kt may run one past the last tile
+    (the prefetch), where the loads are clamped to the last group."""
+    kt = tl.minimum(kt, tl.cdiv(n_groups * GROUP_SIZE, BK) - 1)
     s1 = load_group_values(s1_ptr, rn_ld, kt, n_groups, BK, GROUP_SIZE).to(tl.int32)
     c = 128 - load_group_values(zs1_ptr, rn_ld, kt, n_groups, BK, GROUP_SIZE).to(tl.int32)
+    return s1, c
+
+
+@triton.jit
+def dequant_tile(qw_ptr, s1, c, rn_ld, kt, KW, stride_w16,
+                 BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, FAST_DEQUANT: tl.constexpr):
+    """int8 w8 [BN, BK] of K tile kt from its group parameters, natural K order (module docstring)."""
     if FAST_DEQUANT:
-        words = load_code_words(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K)
+        words = load_code_words(qw_ptr, rn_ld, kt, stride_w16, BN, BK, EVEN_K)
         return u4_words_to_i8(words, expand_groups(s1, BN, BK), expand_groups(c * 0x01010101, BN, BK))
     else:
         q = load_codes(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K).to(tl.int32)
@@ -50,7 +58,7 @@ def epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS: tl.
 @triton.jit
 def qlinear_kernel(
     x_ptr, sx_ptr, qw_ptr, s1_ptr, zs1_ptr, s0_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, KW, stride_xm,
+    M, N, K, KW, stride_xm, stride_w16,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -63,6 +71,9 @@ def qlinear_kernel(
     n_groups = KW // GROUP_SIZE
     k_first, k_last = split_range(tl.program_id(1), tl.cdiv(KW, BK), SPLIT_K)
     acc = tl.zeros((BN, BM), dtype=tl.int32)
+    # The per-group integers are tiny loads Triton does not pipeline: fetch them one tile ahead so
+    # their memory latency overlaps the current tile's work instead of stalling every iteration.
+    s1, c = group_params(s1_ptr, zs1_ptr, rn_ld, k_first, n_groups, BK)
     for kt in range(k_first, k_last):
         k = kt * BK + rk
         x_ptrs = x_ptr + rm_ld[:, None] * stride_xm + k[None, :]
@@ -70,8 +81,10 @@ def qlinear_kernel(
             x = tl.load(x_ptrs)
         else:
             x = tl.load(x_ptrs, mask=k[None, :] < K, other=0)
-        w8 = dequant_tile(qw_ptr, s1_ptr, zs1_ptr, rn_ld, kt, KW, n_groups, BN, BK, EVEN_K, FAST_DEQUANT)
+        s1_next, c_next = group_params(s1_ptr, zs1_ptr, rn_ld, kt + 1, n_groups, BK)
+        w8 = dequant_tile(qw_ptr, s1, c, rn_ld, kt, KW, stride_w16, BN, BK, EVEN_K, FAST_DEQUANT)
         acc = tl.dot(w8, tl.trans(x), acc, out_dtype=tl.int32)
+        s1, c = s1_next, c_next
 
     if SPLIT_K == 1:
         epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
@@ -90,7 +103,8 @@ def dequant_kernel(qw_ptr, s1_ptr, zs1_ptr, w8_ptr, N, KW, BN: tl.constexpr, BK:
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     kt = tl.program_id(1)
     rk = kt * BK + tl.arange(0, BK)
-    w8 = dequant_tile(qw_ptr, s1_ptr, zs1_ptr, rn % N, kt, KW, KW // GROUP_SIZE, BN, BK, False, False)
+    s1, c = group_params(s1_ptr, zs1_ptr, rn % N, kt, KW // GROUP_SIZE, BK)
+    w8 = dequant_tile(qw_ptr, s1, c, rn % N, kt, KW, KW // 4, BN, BK, False, False)
     tl.store(w8_ptr + rn[:, None] * KW + rk[None, :], w8, mask=(rn[:, None] < N) & (rk[None, :] < KW))
 
 

@@ -25,7 +25,7 @@ def epilogue(acc, sx_ptr, sw_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS: tl.
 @triton.jit
 def qlinear_kernel(
     x_ptr, sx_ptr, w_ptr, sw_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, KW, stride_xm,
+    M, N, K, KW, stride_xm, stride_w16,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
