@@ -37,10 +37,11 @@ PROGRAMS_PER_SM = 4  # decode grid aimed at this many resident programs per mult
 class DecodeConfig:
     """Launch choices of the decode kernel (num_splits None: chosen from capacity and the GPU)."""
 
-    BLOCK_N: int = 64
+    BLOCK_N: int = 128
     num_splits: int | None = None
     num_warps: int = 4
     num_stages: int = 3
+    unpack_asm: bool = True  # kv4: unpack nibbles with inline PTX (GPU only; see the template)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class PrefillConfig:
     BLOCK_N: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    unpack_asm: bool = True
 
 
 def spec_for_attention(fmt: str, q_dtype) -> KernelSpec:
@@ -132,7 +134,7 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
                 q, q.stride(0), q.stride(1), *parts, slot_ids, cache_lens, new_lens, out, ws_acc, ws_ml, tickets,
                 float(scale), hkv, max_tokens, int(sliding_window),
                 GROUP=group, HEAD_DIM=d, D_LOAD=d_load, BLOCK_H=block_h, BLOCK_N=cfg.BLOCK_N,
-                NUM_SPLITS=splits, PRECISION=precision, INTERPRETED=interpreted, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                NUM_SPLITS=splits, PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )
         else:
             cfg = prefill or PrefillConfig()
@@ -140,7 +142,8 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
                 q, q.stride(0), q.stride(1), q.stride(2), *parts, slot_ids, cache_lens, new_lens, out,
                 float(scale), t, h, hkv, max_tokens, int(sliding_window),
                 GROUP=group, HEAD_DIM=d, D_LOAD=d_load, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N,
-                PRECISION=precision, INTERPRETED=interpreted, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages,
             )
     except Exception as e:
         raise KernelError(f"Triton kernel {spec.name} (T={t}) failed: {type(e).__name__}: {e}; "

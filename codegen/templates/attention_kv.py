@@ -56,6 +56,46 @@ def nibble_operand(nib, INTERPRETED: tl.constexpr):
 
 
 @triton.jit
+def nibble_operands(raw, UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr):
+    """(low, high) nibbles of a uint8 tile as dot operands (nibble_operand's values). With UNPACK_ASM
+    (bf16/fp16 on a GPU) four bytes go through one inline-PTX block: two byte permutes, two shifts
+    and four LOP3s make eight operands, about 1 instruction per value against ~5 for the
+    element-wise form, which the compiler cannot pack into the paired registers the MMA reads."""
+    if UNPACK_ASM and not INTERPRETED and DOT_DTYPE != tl.float32:
+        if DOT_DTYPE == tl.bfloat16:
+            lo, hi = tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 a, b;
+                prmt.b32 a, $4, 0, 0x4140;
+                prmt.b32 b, $4, 0, 0x4342;
+                lop3.b32 $0, a, 0x000f000f, 0x43004300, 0xea;
+                lop3.b32 $1, b, 0x000f000f, 0x43004300, 0xea;
+                shr.u32 a, a, 4;
+                shr.u32 b, b, 4;
+                lop3.b32 $2, a, 0x000f000f, 0x43004300, 0xea;
+                lop3.b32 $3, b, 0x000f000f, 0x43004300, 0xea;
+                }""",
+                constraints="=r,=r,=r,=r,r", args=[raw], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+        else:
+            lo, hi = tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 a, b;
+                prmt.b32 a, $4, 0, 0x4140;
+                prmt.b32 b, $4, 0, 0x4342;
+                lop3.b32 $0, a, 0x000f000f, 0x64006400, 0xea;
+                lop3.b32 $1, b, 0x000f000f, 0x64006400, 0xea;
+                shr.u32 a, a, 4;
+                shr.u32 b, b, 4;
+                lop3.b32 $2, a, 0x000f000f, 0x64006400, 0xea;
+                lop3.b32 $3, b, 0x000f000f, 0x64006400, 0xea;
+                }""",
+                constraints="=r,=r,=r,=r,r", args=[raw], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+        return lo, hi
+    else:
+        return nibble_operand(raw & 15, INTERPRETED), nibble_operand(raw >> 4, INTERPRETED)
+
+
+@triton.jit
 def nibble_bias():
     """The constant nibble_operand adds to every code."""
     if DOT_DTYPE == tl.bfloat16:
@@ -102,15 +142,17 @@ def load_scales(s_ptr, z_ptr, tok, tmask):
 
 @triton.jit
 def tile_scores(qa, qb, qsum, d_ptr, s, z, tok, tmask, D_LOAD: tl.constexpr, PRECISION: tl.constexpr,
-                INTERPRETED: tl.constexpr):
+                UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr):
     """q . k for the BLOCK_N cached tokens `tok` of one (slot, head), with their scales s and zeros z:
     float32 [rows, BLOCK_N]."""
     j = tl.arange(0, D_LOAD)
     raw = tl.load(d_ptr + tok[:, None] * D_LOAD + j[None, :], mask=tmask[:, None], other=0)
     if KV_BITS == 4:
-        acc = tl.dot(qa, tl.trans(nibble_operand(raw & 15, INTERPRETED)), input_precision=PRECISION)
-        acc = tl.dot(qb, tl.trans(nibble_operand(raw >> 4, INTERPRETED)), acc, input_precision=PRECISION)
-        return s[None, :] * (acc - qsum[:, None] * (z + nibble_bias())[None, :])
+        lo, hi = nibble_operands(raw, UNPACK_ASM, INTERPRETED)
+        acc = tl.dot(qa, tl.trans(lo), input_precision=PRECISION)
+        acc = tl.dot(qb, tl.trans(hi), acc, input_precision=PRECISION)
+        # s * (acc - qsum * (z + bias)) with the per-token products formed once per token.
+        return acc * s[None, :] - qsum[:, None] * (s * (z + nibble_bias()))[None, :]
     elif KV_BITS == 8:
         acc = tl.dot(qa, tl.trans(as_dot(raw, INTERPRETED)), input_precision=PRECISION)
         return acc * s[None, :]
@@ -120,15 +162,16 @@ def tile_scores(qa, qb, qsum, d_ptr, s, z, tok, tmask, D_LOAD: tl.constexpr, PRE
 
 @triton.jit
 def tile_pv(p, acc_a, acc_b, d_ptr, s, z, tok, tmask, D_LOAD: tl.constexpr, PRECISION: tl.constexpr,
-            INTERPRETED: tl.constexpr):
+            UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr):
     """acc += p . v for the same tokens (p float32 [rows, BLOCK_N], 0 where masked)."""
     j = tl.arange(0, D_LOAD)
     raw = tl.load(d_ptr + tok[:, None] * D_LOAD + j[None, :], mask=tmask[:, None], other=0)
     if KV_BITS == 4:
         ps = as_dot(p * s[None, :], INTERPRETED)
         corr = tl.sum(ps.to(tl.float32) * (z + nibble_bias())[None, :], axis=1)
-        acc_a = tl.dot(ps, nibble_operand(raw & 15, INTERPRETED), acc_a, input_precision=PRECISION) - corr[:, None]
-        acc_b = tl.dot(ps, nibble_operand(raw >> 4, INTERPRETED), acc_b, input_precision=PRECISION) - corr[:, None]
+        lo, hi = nibble_operands(raw, UNPACK_ASM, INTERPRETED)
+        acc_a = tl.dot(ps, lo, acc_a, input_precision=PRECISION) - corr[:, None]
+        acc_b = tl.dot(ps, hi, acc_b, input_precision=PRECISION) - corr[:, None]
     elif KV_BITS == 8:
         ps = as_dot(p * s[None, :], INTERPRETED)
         acc_a = tl.dot(ps, as_dot(raw, INTERPRETED), acc_a, input_precision=PRECISION)
@@ -165,7 +208,8 @@ def decode_kernel(
     slot_ptr, clen_ptr, nlen_ptr, out_ptr, ws_acc_ptr, ws_ml_ptr, ticket_ptr,
     sm_scale, HKV, MAX_TOKENS, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, UNPACK_ASM: tl.constexpr,
+    INTERPRETED: tl.constexpr,
 ):
     pair = tl.program_id(0)  # (batch row, KV head)
     split = tl.program_id(1)
@@ -203,10 +247,10 @@ def decode_kernel(
         tmask = tok < hi
         nxt_k_s, nxt_k_z = load_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi)  # prefetch
         nxt_v_s, nxt_v_z = load_scales(vs, vz, tok + BLOCK_N, tok + BLOCK_N < hi)
-        s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, INTERPRETED) * qk_scale
+        s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED) * qk_scale
         s = tl.where(tmask[None, :], s, float("-inf"))
         p, m, l, acc_a, acc_b = online_softmax_step(s, m, l, acc_a, acc_b)
-        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, v_s, v_z, tok, tmask, D_LOAD, PRECISION, INTERPRETED)
+        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, v_s, v_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED)
         k_s, k_z, v_s, v_z = nxt_k_s, nxt_k_z, nxt_v_s, nxt_v_z
 
     d = tl.arange(0, HEAD_DIM)
@@ -249,7 +293,8 @@ def prefill_kernel(
     slot_ptr, clen_ptr, nlen_ptr, out_ptr,
     sm_scale, T, H, HKV, MAX_TOKENS, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, UNPACK_ASM: tl.constexpr,
+    INTERPRETED: tl.constexpr,
 ):
     tb = tl.program_id(0)
     b = tl.program_id(1) // H
@@ -286,12 +331,12 @@ def prefill_kernel(
         tmask = tok < hi
         k_s, k_z = load_scales(ks, kz, tok, tmask)
         v_s, v_z = load_scales(vs, vz, tok, tmask)
-        s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, INTERPRETED) * qk_scale
+        s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED) * qk_scale
         allowed = tmask[None, :] & (tok[None, :] <= qpos[:, None])
         allowed = allowed & ((window <= 0) | (qpos[:, None] - tok[None, :] < window))
         s = tl.where(allowed, s, float("-inf"))
         p, m, l, acc_a, acc_b = online_softmax_step(s, m, l, acc_a, acc_b)
-        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, v_s, v_z, tok, tmask, D_LOAD, PRECISION, INTERPRETED)
+        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, v_s, v_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED)
 
     acc = full_width(acc_a, acc_b, BLOCK_M, HEAD_DIM)
     o = tl.where(l[:, None] > 0, acc / tl.where(l > 0, l, 1.0)[:, None], 0.0)  # padding rows: 0

@@ -132,3 +132,18 @@ def test_gpu_llama_shapes(fmt):
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
     out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
     assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_kv4_unpacking_paths_agree(dtype):
+    """The inline-PTX nibble unpacking (GPU only) and the element-wise one give the same attention."""
+    q, kc, vc, slot_ids, cache_lens, new = step("kv4", dtype, 1, [1, 1, 1], history=(700, 65, 300), heads=32,
+                                                hkv=8, d=128, max_tokens=1024)
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, "kv4")
+    outs = [attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, "kv4",
+                                decode=DecodeConfig(BLOCK_N=bn, num_splits=2, unpack_asm=asm))
+            for asm in (True, False) for bn in (64, 128)]
+    for out in outs:
+        assert rel_err(out, ref) < TOLERANCE[dtype]
+    assert rel_err(outs[0], outs[2]) < 1e-3  # same math, different instructions

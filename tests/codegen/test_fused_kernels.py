@@ -175,7 +175,10 @@ def test_gpu_fused_kernels_at_llama_sizes(dtype):
     for prologue, k in (("add_rms_norm", 4096), ("silu_mul", 14336), ("none", 4096)):
         a, b = _rows(64, k, dtype, 2), _rows(64, k, dtype, 3)
         got = fused.act_quant_triton(prologue, a, "w4a8_g128", r=b, weight=w if k == 4096 else None, eps=1e-5)
-        assert_same_quantization(got, _expected(prologue, a, b, w, "w4a8_g128"), exact=prologue == "none")
+        # The truth is the reference on the CPU: on CUDA, torch divides by the scalar 127 as a multiply
+        # by its reciprocal, which moves a few scales by an ulp.
+        want = _expected(prologue, a.cpu(), b.cpu(), w.cpu(), "w4a8_g128")
+        assert_same_quantization([t.cpu() for t in got], want, exact=prologue == "none")
     del x, r
     spec, q, k, v, cos, sin, ctx, tensors = _kv_case("kv4", dtype, b=3, h=32, hkv=8, t=5, d=128)
     mine, theirs = [t.clone() for t in tensors], [t.clone() for t in tensors]
