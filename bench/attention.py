@@ -34,7 +34,7 @@ LENGTHS = (1024, 4096, 16384)
 L2_FLUSH_BYTES = 256 * 2**20  # rotate over copies until one pass of the graph reads this much
 CONFIG_SWEEP = [  # (BLOCK_N, num_warps, num_stages, split multiplier over the default, unpack_asm); first = default
     (128, 4, 3, 1, True), (64, 4, 3, 1, True), (64, 8, 3, 1, True), (128, 8, 3, 1, True), (32, 4, 3, 1, True),
-    (128, 4, 3, 2, True), (128, 4, 3, 1, False),
+    (128, 4, 2, 1, True), (256, 4, 2, 1, True), (128, 4, 3, 2, True), (128, 4, 3, 1, False),
 ]
 
 
