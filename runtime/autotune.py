@@ -158,14 +158,16 @@ def candidate_configs(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConf
     out: list[TileConfig] = []
     if m <= 64:
         bm = max(16, m_bucket(m))
-        for bn in (64, 128):
+        for bn, warps in ((64, 4), (128, 4), (128, 8)):
             for bk_d in bk_decode:
                 tiles = -(-m // bm) * -(-n // bn)
                 base = _split_for(tiles, -(-k // bk_d), _sm_count())
                 for split in sorted({1, max(1, base // 2), base, base * 2}):
-                    out.append(TileConfig(bm, bn, bk_d, split, 4, 4 if bk_d <= 256 else 3))
+                    out.append(TileConfig(bm, bn, bk_d, split, warps, 4 if bk_d <= 256 else 3))
+                    if bk_d <= 256 and warps == 4:  # deeper pipeline: more bytes in flight per SM
+                        out.append(TileConfig(bm, bn, bk_d, split, warps, 6))
     elif m <= 256:
-        for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (64, 256, 8)):
+        for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (64, 256, 8), (256, 128, 8)):
             for stages in (3, 4):
                 out.append(TileConfig(bm, bn, bk, 1, warps, stages))
     else:

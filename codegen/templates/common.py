@@ -21,8 +21,9 @@ So on the GPU (FAST_DEQUANT) the 4-bit templates unpack with a few lines of inli
 four codes per 32-bit register (SIMD within a register): the 16-bit word holding four consecutive
 codes is spread into four byte lanes, and one multiply-add per register applies the per-group
 integers to all four lanes at once; the operations are chosen so that no lane ever carries into its
-neighbour (each template's docstring proves it for its format). The output register is exactly one
-register of the MMA's A fragment (four consecutive K values of one row), so nothing is re-packed.
+neighbour (each template's docstring proves it for its format). The assembly maps one word to one
+int32 of four byte lanes (`pack=1`, so its meaning never depends on Triton's register layout);
+`unpack_byte_lanes` then views the lanes as int8 K values.
 The same arithmetic written element-wise in plain Triton (FAST_DEQUANT=False) is what the CPU
 interpreter runs in CI and what the GPU uses when the packed row length is not a multiple of four
 bytes; both produce identical integers (and identical rounded floats for w4a16).
@@ -82,8 +83,8 @@ def splitk_reduce(acc, ws_ptr, cnt_ptr, tile_id, offs, mask, SPLIT_K: tl.constex
 
 @triton.jit
 def load_code_words(qw_ptr, rn_ld, kt, stride_w16, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr):
-    """[BN, BK] int32: for each k, the zero-extended 16-bit word holding codes 4*(k//4) .. +3 of its
-    row (canonical packing: code 4j in bits 0-3, 4j+1 in 4-7, 4j+2 in 8-11, 4j+3 in 12-15).
+    """[BN, BK // 4] int32: the zero-extended 16-bit words of K tile kt, each holding four codes
+    (canonical packing: code 4j in bits 0-3, 4j+1 in 4-7, 4j+2 in 8-11, 4j+3 in 12-15).
     stride_w16 = KW // 4, the row length in 16-bit words, passed from the host so that Triton sees
     its divisibility and loads 16 bytes at a time."""
     rw = kt * (BK // 4) + tl.arange(0, BK // 4)
@@ -92,8 +93,21 @@ def load_code_words(qw_ptr, rn_ld, kt, stride_w16, BN: tl.constexpr, BK: tl.cons
         words = tl.load(ptrs)
     else:
         words = tl.load(ptrs, mask=rw[None, :] < stride_w16, other=0)
-    # Broadcasting along a new minor axis is free: the four K values of a word share its register.
-    return tl.broadcast_to(words.to(tl.int32)[:, :, None], (BN, BK // 4, 4)).reshape(BN, BK)
+    return words.to(tl.int32)
+
+
+@triton.jit
+def unpack_byte_lanes(r, BN: tl.constexpr, BK: tl.constexpr):
+    """int32 [BN, BK // 4] holding four int8 lanes each (lane j = K offset j) -> int8 [BN, BK].
+
+    Written as byte extractions and joins, which is correct in any register layout Triton picks;
+    where the layout keeps four consecutive K values in one register (the MMA's A fragment) the
+    extract/insert pairs cancel and nothing is re-packed."""
+    b0 = r.to(tl.int8)
+    b1 = (r >> 8).to(tl.int8)
+    b2 = (r >> 16).to(tl.int8)
+    b3 = (r >> 24).to(tl.int8)
+    return tl.join(tl.join(b0, b2), tl.join(b1, b3)).reshape(BN, BK)
 
 
 @triton.jit
@@ -129,13 +143,13 @@ def expand_groups(v, BN: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def u4_words_to_i8(words, mul, add):
-    """GPU only. Four uint4 codes per 16-bit word -> four int8 (code * mul + add) ^ 0x80, one per
-    byte lane: the SIMD form of the element-wise `((q * mul + add) ^ 0x80).to(int8)`. Valid when each
-    lane's q * mul + add lies in 0..255 and `add` is the same in all lanes (`add_x4` = add * 0x01010101):
-    then no lane carries into or borrows from its neighbour. words/mul/add_x4: [BN, BK] int32, equal
-    over each group of four K values (which is what one instance of the assembly receives)."""
-    return tl.inline_asm_elementwise(
+def u4_words_to_i8(words, mul, add_x4, BN: tl.constexpr, BK: tl.constexpr):
+    """GPU only. Four uint4 codes per 16-bit word -> int8 (code * mul + add) ^ 0x80 [BN, BK]: the
+    SIMD form of the element-wise `((q * mul + add) ^ 0x80).to(int8)`, one word (four codes) per
+    32-bit register. Valid when each lane's q * mul + add lies in 0..255 and `add` is the same in all
+    four lanes (add_x4 = add * 0x01010101): then no lane carries into or borrows from its neighbour.
+    words, mul, add_x4: int32 [BN, BK // 4] (one value per word; a word never straddles a group)."""
+    r = tl.inline_asm_elementwise(
         asm="""{
         .reg .b32 r, t;
         prmt.b32 r, $1, 0, 0x1100;
@@ -143,15 +157,16 @@ def u4_words_to_i8(words, mul, add):
         and.b32 t, t, 0x0F000F00;
         and.b32 r, r, 0x000F000F;
         or.b32 r, r, t;
-        mad.lo.s32 r, r, $5, $9;
+        mad.lo.s32 r, r, $2, $3;
         xor.b32 $0, r, 0x80808080;
         }""",
-        constraints="=r,r,r,r,r,r,r,r,r,r,r,r,r",
-        args=[words, mul, add],
-        dtype=tl.int8,
+        constraints="=r,r,r,r",
+        args=[words, mul, add_x4],
+        dtype=tl.int32,
         is_pure=True,
-        pack=4,
+        pack=1,
     )
+    return unpack_byte_lanes(r, BN, BK)
 
 
 @triton.jit

@@ -24,11 +24,12 @@ MAGIC_F32 = tl.constexpr(8388608.0)
 
 
 @triton.jit
-def u4_bytes_to_halves(b, s2, zn2):
-    """GPU only. One packed byte (two codes) -> two DOT_DTYPE weights (q - z) * s in one register.
-    b: the byte (int32); s2, zn2: the scale and -(MAGIC + z) as two packed DOT_DTYPE halves."""
+def u4_bytes_to_halves(b, s2, zn2, BN: tl.constexpr, BK: tl.constexpr):
+    """GPU only. Packed bytes (two codes each) [BN, BK // 2] -> DOT_DTYPE weights (q - z) * s
+    [BN, BK]. b: the bytes (int32); s2, zn2: the scale and -(MAGIC + z) as two packed DOT_DTYPE
+    halves. One byte per 32-bit register of two halves (low = even k), then split and interleaved."""
     if DOT_DTYPE == tl.bfloat16:
-        return tl.inline_asm_elementwise(
+        r = tl.inline_asm_elementwise(
             asm="""{
             .reg .b32 r, one, nz;
             mov.b32 one, 0x3F803F80;
@@ -36,12 +37,12 @@ def u4_bytes_to_halves(b, s2, zn2):
             mad.lo.u32 r, $1, 0x1001, 0;
             and.b32 r, r, 0x000F000F;
             or.b32 r, r, 0x43004300;
-            fma.rn.bf16x2 r, r, one, $5;
-            fma.rn.bf16x2 $0, r, $3, nz;
+            fma.rn.bf16x2 r, r, one, $3;
+            fma.rn.bf16x2 $0, r, $2, nz;
             }""",
-            constraints="=r,r,r,r,r,r,r", args=[b, s2, zn2], dtype=tl.bfloat16, is_pure=True, pack=2)
+            constraints="=r,r,r,r", args=[b, s2, zn2], dtype=tl.int32, is_pure=True, pack=1)
     else:
-        return tl.inline_asm_elementwise(
+        r = tl.inline_asm_elementwise(
             asm="""{
             .reg .b32 r, one, nz;
             mov.b32 one, 0x3C003C00;
@@ -49,10 +50,13 @@ def u4_bytes_to_halves(b, s2, zn2):
             mad.lo.u32 r, $1, 0x1001, 0;
             and.b32 r, r, 0x000F000F;
             or.b32 r, r, 0x64006400;
-            fma.rn.f16x2 r, r, one, $5;
-            fma.rn.f16x2 $0, r, $3, nz;
+            fma.rn.f16x2 r, r, one, $3;
+            fma.rn.f16x2 $0, r, $2, nz;
             }""",
-            constraints="=r,r,r,r,r,r,r", args=[b, s2, zn2], dtype=tl.float16, is_pure=True, pack=2)
+            constraints="=r,r,r,r", args=[b, s2, zn2], dtype=tl.int32, is_pure=True, pack=1)
+    lo = r.to(tl.uint16).to(DOT_DTYPE, bitcast=True)
+    hi = (r >> 16).to(tl.uint16).to(DOT_DTYPE, bitcast=True)
+    return tl.join(lo, hi).reshape(BN, BK)
 
 
 @triton.jit
@@ -85,10 +89,9 @@ def dequant_tile(qw_ptr, s, z, rn_ld, kt, KW,
             p = tl.load(ptrs)
         else:
             p = tl.load(ptrs, mask=rb[None, :] < KW // 2, other=0)
-        b = tl.broadcast_to(p.to(tl.int32)[:, :, None], (BN, BK // 2, 2)).reshape(BN, BK)
-        s2 = expand_groups(packed_halves(s), BN, BK)
-        zn2 = expand_groups(packed_halves(-(z + magic)), BN, BK)
-        return u4_bytes_to_halves(b, s2, zn2)
+        s2 = expand_groups(packed_halves(s), BN, BK // 2)
+        zn2 = expand_groups(packed_halves(-(z + magic)), BN, BK // 2)
+        return u4_bytes_to_halves(p.to(tl.int32), s2, zn2, BN, BK)
     else:
         q = load_codes(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K)
         qf = (q.to(tl.uint32) | MAGIC_F32_BITS).to(tl.float32, bitcast=True)  # 2^23 + q

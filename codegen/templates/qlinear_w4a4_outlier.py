@@ -25,9 +25,10 @@ sum is then 16 * acc_g (|16 * acc_g| <= 16 * 8 * 8 * G, far from overflow), and 
 
 
 @triton.jit
-def i4_words_to_i8x16(words):
-    """GPU only. Four signed 4-bit codes per 16-bit word -> four int8 16 * w4, one per byte lane."""
-    return tl.inline_asm_elementwise(
+def i4_words_to_i8x16(words, BN: tl.constexpr, BK: tl.constexpr):
+    """GPU only. Four signed 4-bit codes per 16-bit word -> int8 16 * w4 [BN, BK] (one word per
+    32-bit register of four byte lanes, then viewed as int8 by `unpack_byte_lanes`)."""
+    r = tl.inline_asm_elementwise(
         asm="""{
         .reg .b32 r, t;
         prmt.b32 r, $1, 0, 0x1100;
@@ -36,19 +37,20 @@ def i4_words_to_i8x16(words):
         and.b32 r, r, 0xF000F000;
         or.b32 $0, r, t;
         }""",
-        constraints="=r,r,r,r,r",
+        constraints="=r,r",
         args=[words],
-        dtype=tl.int8,
+        dtype=tl.int32,
         is_pure=True,
-        pack=4,
+        pack=1,
     )
+    return unpack_byte_lanes(r, BN, BK)
 
 
 @triton.jit
 def weight_tile_x16(qw_ptr, rn_ld, kt, KW, stride_w16, BN: tl.constexpr, BK: tl.constexpr, FAST_DEQUANT: tl.constexpr):
     """int8 16 * w4 [BN, BK] of K tile kt (one group), natural K order."""
     if FAST_DEQUANT:
-        return i4_words_to_i8x16(load_code_words(qw_ptr, rn_ld, kt, stride_w16, BN, BK, True))
+        return i4_words_to_i8x16(load_code_words(qw_ptr, rn_ld, kt, stride_w16, BN, BK, True), BN, BK)
     else:
         rb = kt * (BK // 2) + tl.arange(0, BK // 2)
         p = tl.load(qw_ptr + rn_ld[:, None] * (KW // 2) + rb[None, :])

@@ -22,8 +22,9 @@ def dequant_tile(qw_ptr, c, rn_ld, kt, KW, stride_w16, BN: tl.constexpr, BK: tl.
     """int8 w [BN, BK] of K tile kt from the codes and c = 128 - z ([BN] int32)."""
     if FAST_DEQUANT:
         words = load_code_words(qw_ptr, rn_ld, kt, stride_w16, BN, BK, EVEN_K)
-        one = tl.full((BN, BK), 1, tl.int32)
-        return u4_words_to_i8(words, one, tl.broadcast_to((c * 0x01010101)[:, None], (BN, BK)))
+        one = tl.full((BN, BK // 4), 1, tl.int32)
+        add_x4 = tl.broadcast_to((c * 0x01010101)[:, None], (BN, BK // 4))
+        return u4_words_to_i8(words, one, add_x4, BN, BK)
     else:
         q = load_codes(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K).to(tl.int32)
         return ((q + c[:, None]) ^ 0x80).to(tl.int8)

@@ -37,7 +37,9 @@ def dequant_tile(qw_ptr, s1, c, rn_ld, kt, KW, stride_w16,
     """int8 w8 [BN, BK] of K tile kt from its group parameters, natural K order (module docstring)."""
     if FAST_DEQUANT:
         words = load_code_words(qw_ptr, rn_ld, kt, stride_w16, BN, BK, EVEN_K)
-        return u4_words_to_i8(words, expand_groups(s1, BN, BK), expand_groups(c * 0x01010101, BN, BK))
+        mul = expand_groups(s1, BN, BK // 4)
+        add_x4 = expand_groups(c * 0x01010101, BN, BK // 4)
+        return u4_words_to_i8(words, mul, add_x4, BN, BK)
     else:
         q = load_codes(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K).to(tl.int32)
         return ((q * expand_groups(s1, BN, BK) + expand_groups(c, BN, BK)) ^ 0x80).to(tl.int8)

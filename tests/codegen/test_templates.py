@@ -56,7 +56,7 @@ def test_u4_words_to_i8_assembly_is_the_emulated_sequence():
         "and.b32 t, t, 0x0F000F00",
         "and.b32 r, r, 0x000F000F",
         "or.b32 r, r, t",
-        "mad.lo.s32 r, r, $5, $9",
+        "mad.lo.s32 r, r, $2, $3",
         "xor.b32 $0, r, 0x80808080",
     ]
 
