@@ -102,6 +102,7 @@ def act_quant_triton(prologue: str, x: torch.Tensor, fmt: str | None, r: torch.T
             loaded.module.act_quant_kernel[(m,)](
                 x2, r2, w, total, y, q, scale, k, x2.stride(0), r2.stride(0), float(eps),
                 PROLOGUE=prologue, QUANT=quant, BLOCK_K=block, num_warps=min(16, max(4, block // 1024)),
+                enable_fp_fusion=False,  # no multiply-add contraction: each op rounds as eager torch does
             )
         except Exception as e:
             raise KernelError(f"Triton kernel {spec.name} ({prologue}) failed: {type(e).__name__}: {e}; "
@@ -153,6 +154,7 @@ def rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens,
                 *parts_k, *parts_v, slot_ids, cache_lens, new_lens,
                 t, hq, hkv, k_cache[0].shape[2],
                 ROPE_K=rope, HAS_V=v is not None, HEAD_DIM=d, BLOCK_T=block_t,
+                enable_fp_fusion=False,  # x*cos + rot*sin must not become an FMA: bit-exact RoPE
             )
         except Exception as e:
             raise KernelError(f"Triton kernel {spec.name} failed: {type(e).__name__}: {e}; "

@@ -10,9 +10,9 @@ t >= T - new_lens[b] and goes to cache position cache_lens[b] + t - (T - new_len
 rotated (for q) but never stored.
 
 RoPE is x*cos + rotate_half(x)*sin with each product and the sum rounded to the output dtype, the
-eager graph's order, so it is bit-identical to lowc.ops.kv_ops.rotate_half_rope whenever the device
-does not contract the float32 multiply-add into an FMA (the interpreter never does; on a GPU, float32
-K may differ by an ulp; bf16/fp16 K are rounded between the ops and match). The cache encoding is
+eager graph's order, so it is bit-identical to lowc.ops.kv_ops.rotate_half_rope: the launcher turns
+off floating-point contraction (enable_fp_fusion=False), which would otherwise fuse a product into
+the add as an FMA (seen in fp16 and fp32 on sm_90). The cache encoding is
 lowc.quant.kv's exactly (KV_BITS = the format's bits): float32 math, IEEE division (div_rn),
 round-half-to-even, fp16 scales rounded up (a scale above 65504 becomes inf here, where the
 reference raises); KV4 packs two UINT4 a byte, low nibble = even d.

@@ -181,7 +181,8 @@ def test_gpu_fused_kernels_at_llama_sizes(dtype):
         assert_same_quantization([t.cpu() for t in got], want, exact=prologue == "none")
     del x, r
     spec, q, k, v, cos, sin, ctx, tensors = _kv_case("kv4", dtype, b=3, h=32, hkv=8, t=5, d=128)
-    mine, theirs = [t.clone() for t in tensors], [t.clone() for t in tensors]
+    mine, theirs = [t.clone() for t in tensors], [t.cpu() for t in tensors]
     q_rot = fused.rope_store_triton(q, k, v, cos, sin, *spec.layer_tensors(mine, 0), *ctx, "kv4")
-    expect = fused_ops.rope_qkv_store_reference(q, k, v, cos, sin, *spec.layer_tensors(theirs, 0), *ctx, "kv4")
-    assert torch.equal(q_rot, expect) and all(torch.equal(a, b) for a, b in zip(mine, theirs))
+    cpu = [t.cpu() for t in (q, k, v, cos, sin)]
+    expect = fused_ops.rope_qkv_store_reference(*cpu, *spec.layer_tensors(theirs, 0), *(t.cpu() for t in ctx), "kv4")
+    assert torch.equal(q_rot.cpu(), expect) and all(torch.equal(a.cpu(), b) for a, b in zip(mine, theirs))
