@@ -19,7 +19,7 @@ import torch.fx as fx
 from tqdm.auto import tqdm
 
 from lowc.capture import capture
-from lowc.errors import InputError, NotImplementedYet
+from lowc.errors import CacheError, InputError, NotImplementedYet
 from lowc.ir import format_graph, summarize, summary_text
 from lowc.passes import REGISTRY, PassContext, build_pipeline, run_pipeline
 from lowc.schemes import Scheme, parse_scheme
@@ -48,14 +48,59 @@ class CompiledModel(torch.nn.Module):
     def vocab_size(self) -> int:
         return int(self.config.vocab_size)
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def kv_spec(self):
+        """The KV cache layout the kv_cache pass gave the graph (None if the pipeline skipped it)."""
+        return self.graph_module.meta.get("lowc_kv_cache")
+
+    def new_cache(self, slots: int, max_tokens: int, device=None):
+        """A KV cache of `slots` sequences x `max_tokens` tokens for this model (lowc.runtime.KVCache)."""
+        from lowc.runtime.kv_cache import KVCache
+
+        if self.kv_spec is None:
+            raise InputError("this model was compiled without the kv_cache pass; it has no KV cache to create")
+        device = device if device is not None else _graph_device(self.graph_module)
+        return KVCache(self.kv_spec, slots, max_tokens, device)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, *,
+                context=None) -> torch.Tensor:
+        """Logits [B, T, V]. `context` (lowc.runtime.ForwardContext) places the rows in a KV cache;
+        without one, a transient cache sized to the input is used (a plain full-sequence forward)."""
         input_ids = check_input_ids(input_ids, self.vocab_size)
+        b, t = input_ids.shape
+        spec = self.kv_spec
+        if spec is None:
+            if context is not None:
+                raise InputError("this model was compiled without the kv_cache pass; it takes no forward context")
+            if position_ids is None:
+                position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
+            self._check_positions(position_ids, input_ids)
+            return self.graph_module(input_ids, position_ids)
+        from lowc.runtime.context import ForwardContext
+
+        if context is None:
+            context = ForwardContext.transient(spec, b, t, input_ids.device)
+        elif not isinstance(context, ForwardContext):
+            raise InputError(f"context must be a lowc.runtime.ForwardContext, got {type(context).__name__}")
+        elif context.cache.spec != spec:
+            raise CacheError(f"the context's cache was made for {context.cache.spec}, but this model needs {spec}; "
+                             "create it with model.new_cache(...)")
+        elif (context.batch, context.seq_len) != (b, t):
+            raise InputError(f"input_ids is [{b}, {t}] but the context describes [{context.batch}, {context.seq_len}]")
+        elif context.cache.device != input_ids.device:
+            raise CacheError(f"the KV cache is on {context.cache.device} but input_ids are on {input_ids.device}")
         if position_ids is None:
-            b, t = input_ids.shape
-            position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
-        elif position_ids.shape != input_ids.shape:
-            raise InputError(f"position_ids shape {tuple(position_ids.shape)} must equal input_ids shape {tuple(input_ids.shape)}")
-        return self.graph_module(input_ids, position_ids)
+            position_ids = context.position_ids()
+        self._check_positions(position_ids, input_ids)
+        logits = self.graph_module(input_ids, position_ids, *context.graph_inputs())
+        context.commit()
+        return logits
+
+    @staticmethod
+    def _check_positions(position_ids, input_ids) -> None:
+        if not isinstance(position_ids, torch.Tensor) or position_ids.shape != input_ids.shape:
+            shape = tuple(position_ids.shape) if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
+            raise InputError(f"position_ids shape {shape} must equal input_ids shape {tuple(input_ids.shape)}")
 
     def ir(self) -> str:
         """The final graph, one node a line, with the pass that created each node."""
@@ -78,6 +123,14 @@ class CompiledModel(torch.nn.Module):
         ops = ", ".join(f"{k.split('.')[1]} x{v}" for k, v in sorted(s["lowc_ops"].items()))
         return (f"CompiledModel(scheme={self.scheme.name}, arch={self.arch}, nodes={s['nodes']}, "
                 f"lowc ops: {ops}, weights={s['weight_bytes'] / 2**20:.1f} MiB)")
+
+
+def _graph_device(gm: torch.nn.Module) -> torch.device:
+    for t in gm.parameters():
+        return t.device
+    for t in gm.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 def check_input_ids(input_ids, vocab_size: int) -> torch.Tensor:

@@ -109,8 +109,7 @@ def default_pipeline(s: Scheme) -> tuple[str, ...]:
         steps.append("quantize")
         if s.route == "bitplane":
             steps.append("bitplane")
-    if s.kv_bits != 16:
-        steps.append("kv_quant")
+    steps.append("kv_cache")  # every scheme: K/V go through the runtime's cache (kv16 = model dtype)
     steps.append("eliminate_dead_code")
     return tuple(steps)
 
