@@ -43,8 +43,13 @@ def _read_template(name: str) -> tuple[str, str]:
 
 def template_hash(spec: KernelSpec) -> str:
     """sha256 over the exact template text (shared helpers + the spec's template) a spec renders from."""
+    return _templates_hash(spec.template)
+
+
+@lru_cache(maxsize=None)
+def _templates_hash(template: str) -> str:
     h = hashlib.sha256()
-    for name in (COMMON, spec.template):
+    for name in (COMMON, template):
         doc, body = _read_template(name)
         h.update(name.encode() + b"\0" + doc.encode() + b"\0" + body.encode() + b"\0")
     return h.hexdigest()

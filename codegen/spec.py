@@ -13,6 +13,7 @@ its spec (the IR dump and the runtime both call it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 
@@ -105,6 +106,11 @@ def spec_for_qlinear(fmt: str, x_dtype: torch.dtype | str, out_dtype: torch.dtyp
     x_dtype is the dtype of the op's `x` input: int8 for formats that quantize activations,
     bfloat16/float16/float32 for weight-only formats (w4a16_g*).
     """
+    return _spec_for_qlinear(fmt, dtype_name(x_dtype), dtype_name(out_dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _spec_for_qlinear(fmt: str, x_dtype: str, out_dtype: str) -> KernelSpec:
     try:
         f = parse_format(fmt)
     except QuantizationError as e:

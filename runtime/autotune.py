@@ -6,13 +6,17 @@ pipeline stages) is chosen per (KernelSpec, M bucket, N, K). M is bucketed to th
 
 1. the tuner's memory (this process);
 2. the user table `<cache>/autotune/<gpu>.json` (results tuned on this machine, merged atomically);
-3. the shipped table `lowc/runtime/configs/<gpu>.json` (tuned on H100/H200 for Llama-3-8B shapes,
+3. the shipped table `lowc/runtime/configs/<gpu>.json` (tuned for the Llama-3-8B linear shapes,
    so first use does not spend minutes autotuning);
 4. with policy "miss" on a GPU: tune now over `candidate_configs` and store the winner in (2);
-5. otherwise `default_config`, a rule of thumb.
+5. the entry of tables (2)/(3) for the same spec and M bucket whose (N, K) is nearest in log scale
+   (a tuned tile for 4096x4096 is a far better guess for 4096x11008 than any rule of thumb);
+6. otherwise `default_config`, a rule of thumb.
 
 `<gpu>` is a slug of the device name ("h100", "h200", else the lowercased name). The policy comes
-from the `Autotuner` argument, or `LOWC_AUTOTUNE` = "miss" (default) / "off" for the default tuner.
+from the `Autotuner` argument, or `LOWC_AUTOTUNE` = "off" (default: never tune implicitly, since
+compiling the candidates of one point takes a minute or more) / "miss" for the default tuner;
+`bench/gemm.py --tune` tunes a whole set of shapes with parallel compilation.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -232,7 +237,7 @@ class Autotuner:
     """Chooses tile configs (see module docstring for the lookup order)."""
 
     def __init__(self, root: str | Path | None = None, policy: str | None = None, shipped_dir: Path = SHIPPED_DIR):
-        policy = policy or os.environ.get("LOWC_AUTOTUNE", "miss")
+        policy = policy or os.environ.get("LOWC_AUTOTUNE", "off")
         if policy not in POLICIES:
             raise KernelError(f"autotune policy {policy!r} unknown; use one of {POLICIES} (LOWC_AUTOTUNE)")
         self.policy = policy
@@ -269,7 +274,29 @@ class Autotuner:
                 pass  # a stale table entry (older constraints): fall through to tuning / default
         if self.policy == "miss" and bench is not None:
             return self.tune(spec, m, n, k, device, bench)
+        near = self.nearest(spec, m, n, k, device)
+        if near is not None:
+            self._memory[(device, entry_key(spec, m, n, k))] = near
+            return near
         return default_config(spec, m, n, k)
+
+    def nearest(self, spec: KernelSpec, m: int, n: int, k: int, device: str) -> TileConfig | None:
+        """The stored config of the same spec and M bucket with the (N, K) nearest in log scale."""
+        prefix = f"{spec.name}|m{m_bucket(m)}|"
+        best, best_d = None, None
+        for table in (self.user_table(device), self.shipped_table(device)):
+            for key, raw in table.load().items():
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    n2, k2 = (int(part[1:]) for part in key[len(prefix):].split("|"))
+                    cfg = TileConfig.from_dict(raw["config"] if "config" in raw else raw).check(spec)
+                except (KernelError, TypeError, ValueError, KeyError):
+                    continue
+                d = abs(math.log(n2 / n)) + abs(math.log(k2 / k))
+                if best_d is None or d < best_d:
+                    best, best_d = cfg, d
+        return best
 
     def tune(
         self, spec: KernelSpec, m: int, n: int, k: int, device: str,

@@ -92,8 +92,7 @@ def current_capability() -> str:
     if os.environ.get("TRITON_INTERPRET") == "1":
         return "interpreter"
     if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        return f"sm_{major}{minor}"
+        return _cuda_capability(torch.cuda.current_device())
     return "cpu"
 
 
@@ -103,6 +102,7 @@ class KernelCache:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else cache_dir()
         self._memory: dict[CacheKey, LoadedKernel] = {}
+        self._keys: dict[tuple, CacheKey] = {}  # (spec, capability) -> key: a launch computes no hash
         self._scratch: dict[tuple, object] = {}
         self._lock = threading.Lock()
 
@@ -120,7 +120,10 @@ class KernelCache:
 
     def get(self, spec: KernelSpec, capability: str | None = None) -> LoadedKernel:
         """The loaded kernel for `spec` on this device, from memory, disk, or freshly rendered."""
-        key = self.key_for(spec, capability)
+        capability = capability or current_capability()
+        key = self._keys.get((spec, capability))
+        if key is None:
+            key = self._keys.setdefault((spec, capability), self.key_for(spec, capability))
         with self._lock:
             hit = self._memory.get(key)
             if hit is None:
@@ -200,6 +203,14 @@ def _import_source(path: Path, key: CacheKey) -> ModuleType:
         sys.modules.pop(name, None)
         raise
     return module
+
+
+@lru_cache(maxsize=None)
+def _cuda_capability(index: int) -> str:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm_{major}{minor}"
 
 
 @lru_cache(maxsize=None)

@@ -41,8 +41,12 @@ def test_template_hash_changes_with_the_template_text(monkeypatch):
     monkeypatch.setattr(
         render_mod, "_read_template", lambda name: (doc, body + "\n# edited\n") if name == spec.template else original(name)
     )
-    assert template_hash(spec) != before
-    assert "# edited" in render(spec)
+    render_mod._templates_hash.cache_clear()  # hashes are memoized per process (templates are package data)
+    try:
+        assert template_hash(spec) != before
+        assert "# edited" in render(spec)
+    finally:
+        render_mod._templates_hash.cache_clear()
 
 
 def test_distinct_templates_have_distinct_hashes():
