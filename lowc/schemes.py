@@ -110,6 +110,7 @@ def default_pipeline(s: Scheme) -> tuple[str, ...]:
         if s.route == "bitplane":
             steps.append("bitplane")
     steps.append("kv_cache")  # every scheme: K/V go through the runtime's cache (kv16 = model dtype)
+    steps.append("fuse_glue")  # norm/residual/SiLU + activation quantization, RoPE + KV store: one op each
     steps.append("eliminate_dead_code")
     return tuple(steps)
 

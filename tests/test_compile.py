@@ -32,7 +32,7 @@ def test_model_unchanged_and_repr(pair):
     model, q = pair
     assert model.config._attn_implementation != "lowc"
     r = repr(q)
-    assert "w16a16" in r and "attention x2" in r and "LlamaForCausalLM" in r
+    assert "w16a16" in r and "attention_kv x2" in r and "LlamaForCausalLM" in r
     assert [rec.name for rec in q.pass_records] == list(q.scheme.passes)
 
 

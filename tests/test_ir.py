@@ -23,14 +23,16 @@ def test_dump_contents(model, tmp_path):
         folder = tmp_path / f"{i:02d}_{name}"
         assert {p.name for p in folder.iterdir()} == {"before.txt", "after.txt", "diff.txt", "summary.json"}
     final = (tmp_path / "final.txt").read_text()
-    assert final.count("lowc.attention.default(") == 2 and final.count("lowc.rms_norm.default(") == 5
+    assert final.count("lowc.attention_kv.default(") == 2 and final.count("format=kv16") >= 4
     assert "site=model.layers.1.self_attn.q_proj" in final  # annotate's provenance, per node
     assert "pass=capture" in final
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["lowc_ops"] == {"lowc.attention.default": 2, "lowc.rms_norm.default": 5}
+    assert summary["lowc_ops"]["lowc.attention_kv.default"] == 2
+    norms = {k: v for k, v in summary["lowc_ops"].items() if "rms_norm" in k}
+    assert sum(norms.values()) == 5  # 2 per layer + final, some fused with the residual add
     assert summary["nodes"] == len(q.graph_module.graph.nodes)
     assert "nodes:" in (tmp_path / "summary.txt").read_text()
-    assert "def forward(self, input_ids, position_ids)" in (tmp_path / "final_code.py").read_text()
+    assert "def forward(self, input_ids, position_ids, kv_slot_ids" in (tmp_path / "final_code.py").read_text()
 
 
 def test_env_var_enables_dump(model, tmp_path, monkeypatch):
@@ -50,7 +52,7 @@ def test_summary_counts_weights(model):
 def test_format_graph_shows_shapes_and_diff(model):
     q = lowc.compile(model, "w16a16", progress=False)
     text = format_graph(q.graph_module)
-    line = next(ln for ln in text.splitlines() if "lowc.attention.default(" in ln)
+    line = next(ln for ln in text.splitlines() if "lowc.attention_kv.default(" in ln)
     assert ":: [" in line and "float32" in line
     assert graph_diff(text, text) == ""
     assert "-%a" in graph_diff("%a\n", "%b\n")
@@ -59,7 +61,7 @@ def test_format_graph_shows_shapes_and_diff(model):
 def test_cli_ir(capsys, tmp_path):
     assert cli_main(["ir", "--model", "tiny-mistral", "--scheme", "w16a16", "--dump", str(tmp_path), "--graph"]) == 0
     out = capsys.readouterr().out
-    assert "lowc.attention.default" in out and "annotate" in out and "IR dump written" in out
+    assert "lowc.attention_kv.default" in out and "annotate" in out and "IR dump written" in out
 
 
 def test_cli_reports_lowc_errors(capsys):

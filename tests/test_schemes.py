@@ -34,7 +34,8 @@ def test_scheme_json_round_trips_its_fields():
 def test_generic_form_parses(w, a, kv, g):
     name = f"w{w}a{a}" + (f"kv{kv}" if kv else "") + (f"-g{g}" if g else "")
     s = parse_scheme(name)
-    assert (s.w_bits, s.a_bits, s.kv_bits) == (w, a, kv or 16)
+    preset = PRESETS.get(name)  # a bare "w4a4" is the Atom preset, which quantizes the KV cache too
+    assert (s.w_bits, s.a_bits, s.kv_bits) == (w, a, preset.kv_bits if preset else (kv or 16))
     assert s.group_size == (g or 128)
     assert s.route == ("dedicated" if (w, a) in {(16, 16), (8, 8), (4, 16), (4, 8), (4, 4)} else "bitplane")
     assert ("bitplane" in s.passes) == (s.route == "bitplane")
@@ -64,6 +65,6 @@ def test_non_string_scheme_rejected():
 
 
 def test_pipeline_derivation():
-    assert default_pipeline(Scheme(name="x")) == ("annotate", "eliminate_dead_code")
+    assert default_pipeline(Scheme(name="x")) == ("annotate", "kv_cache", "fuse_glue", "eliminate_dead_code")
     p = default_pipeline(Scheme(name="y", w_bits=3, a_bits=8))
     assert p.index("quantize") < p.index("bitplane")

@@ -32,9 +32,9 @@ def test_user_pass_placement_order():
     b = lambda gm, ctx: PassResult(gm, False)  # noqa: E731
     a.__name__, b.__name__ = "mine_a", "mine_b"
     steps = build_pipeline(parse_scheme("w16a16"), [before("annotate", a), b])
-    assert [s.name for s in steps] == ["mine_a", "annotate", "mine_b", "eliminate_dead_code"]
+    assert [s.name for s in steps] == ["mine_a", "annotate", "kv_cache", "fuse_glue", "mine_b", "eliminate_dead_code"]
     steps = build_pipeline(parse_scheme("w16a16"), [after("annotate", a)])
-    assert [s.name for s in steps] == ["annotate", "mine_a", "eliminate_dead_code"]
+    assert [s.name for s in steps] == ["annotate", "mine_a", "kv_cache", "fuse_glue", "eliminate_dead_code"]
     with pytest.raises(PassError, match="cannot insert"):
         build_pipeline(parse_scheme("w16a16"), [after("quantize", a)])
 
@@ -57,8 +57,8 @@ def test_user_pass_runs_and_new_nodes_are_stamped(model, tmp_path):
     q = lowc.compile(model, "w16a16", passes=[double_logits], dump_ir=tmp_path, progress=False, debug=True)
     stamped = [n for n in q.graph_module.graph.nodes if n.meta.get("lowc_pass") == "double_logits"]
     assert len(stamped) == 1
-    assert "pass=double_logits" in (tmp_path / "02_double_logits" / "after.txt").read_text()
-    assert "+%mul" in (tmp_path / "02_double_logits" / "diff.txt").read_text()
+    assert "pass=double_logits" in (tmp_path / "04_double_logits" / "after.txt").read_text()
+    assert "+%mul" in (tmp_path / "04_double_logits" / "diff.txt").read_text()
     assert q.pass_records[-2].check["max_rel"] == 0.0
 
 
