@@ -132,10 +132,12 @@ def run_pipeline(
     steps: list[PassInfo],
     dump_dir: str | Path | None = None,
     on_step=None,
+    finalize=None,
 ) -> tuple[fx.GraphModule, list[PassRecord]]:
     """Run `steps` in order; returns the final graph and one record per pass.
 
-    `on_step(name)` is called after each pass (the compiler drives its progress bar with it).
+    `on_step(name)` is called after each pass (the compiler drives its progress bar with it);
+    `finalize(gm)` runs after the last pass, before the final dump (the compiler links kernel files).
     """
     dump = Path(dump_dir) if dump_dir else None
     if dump:
@@ -180,6 +182,8 @@ def run_pipeline(
             atomic_write_text(folder / "after.txt", after_txt)
             atomic_write_text(folder / "diff.txt", graph_diff(before_txt, after_txt, step.name))
             atomic_write_json(folder / "summary.json", {**summarize(gm), "pass": rec.__dict__})
+    if finalize is not None:
+        finalize(gm)
     if dump:
         s = summarize(gm)
         atomic_write_json(dump / "summary.json", s)
