@@ -14,7 +14,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from lowc.codegen.atomic import atomic_write_text
+from lowc.fileio import atomic_write_text
 from lowc.codegen.render import render
 from lowc.codegen.spec import KernelSpec
 

@@ -20,10 +20,7 @@ reference 23.475; dividing the same NLL by all 20,480 tokens instead would give 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -34,6 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lowc.errors import CalibrationError, InputError, LowcError
+from lowc.fileio import atomic_write_json
 
 WIKITEXT2_TEST = "wikitext-2-raw/wiki.test.raw"
 CALIBRATION_FILES = ("calibration/alice29.txt", "calibration/lcet10.txt", "calibration/plrabn12.txt")
@@ -236,19 +234,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def eval_main(argv: list[str] | None = None) -> int:
     """`python -m lowc eval [flags]`: prints the run, and last `perplexity: X`; returns 0."""
     args = _parser().parse_args(argv)
@@ -298,7 +283,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     if args.json:
         import lowc
 
-        _write_json_atomic(Path(args.json), {
+        atomic_write_json(Path(args.json), {
             "model": args.model, "scheme": args.scheme, "dtype": args.dtype, "device": str(device),
             "text": text_name, "text_tokens": ids.numel(), "tokens": tokens, **result.as_dict(),
             "load_seconds": load_seconds, "compile_seconds": compile_seconds,

@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lowc.codegen.atomic import atomic_write_text
+from lowc.fileio import atomic_write_text
 from lowc.codegen.kernel_files import cache_dir
 from lowc.codegen.spec import KernelSpec
 from lowc.errors import KernelError

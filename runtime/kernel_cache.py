@@ -34,7 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
-from lowc.codegen.atomic import atomic_write_text
+from lowc.fileio import atomic_write_text
 from lowc.codegen.kernel_files import cache_dir, ensure_source, source_sha256
 from lowc.codegen.render import lowc_version, template_hash
 from lowc.codegen.spec import KernelSpec

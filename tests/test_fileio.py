@@ -2,7 +2,7 @@
 
 import pytest
 
-from lowc.codegen.atomic import atomic_write_bytes, atomic_write_text
+from lowc.fileio import atomic_write_bytes, atomic_write_text
 
 
 def test_write_creates_parents_and_replaces(tmp_path):
