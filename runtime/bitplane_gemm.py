@@ -359,7 +359,7 @@ def _launch(cache: KernelCache, spec: KernelSpec, cfg: TileConfig, x2, sx, weigh
         ws = tickets = out  # never touched when SPLIT_K == 1
     try:
         loaded.kernel[grid](
-            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, x2.stride(0),
+            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, kw // 8, x2.stride(0),
             HAS_BIAS=has_bias, EVEN_K=(k % cfg.BK == 0 and kw == k), INTERPRETED=out.device.type == "cpu",
             BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K, GROUP_M=cfg.GROUP_M,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,

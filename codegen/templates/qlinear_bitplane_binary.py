@@ -107,7 +107,7 @@ def finish_groups(y, sx_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr, rn, rm, pid_n, 
 @triton.jit
 def qlinear_kernel(
     x_ptr, sx_ptr, planes_ptr, scale_ptr, zero_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, KW, stride_xm,
+    M, N, K, KW, KWB, stride_xm,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -118,7 +118,7 @@ def qlinear_kernel(
     rm_ld = rm % M
     rk = tl.arange(0, BK)
     rw = tl.arange(0, BK // 32)
-    KW32 = KW // 32
+    KW32 = KWB // 4  # plane row in words; KWB (bytes) comes from the host with its divisibility
     if GROUP_SIZE > 0:
         NG = KW // GROUP_SIZE
     else:

@@ -13,6 +13,15 @@ Per channel (GROUP_SIZE == 0): one INT32 accumulator over all of K, scaled once 
 RAW_ACCUMULATOR: store the exact per-group INT32 parts, out[m, g, n] (the test of exactness).
 Weights: planes uint32 [W_BITS, N, KW/32] (plane-major, bit k % 32 of word k // 32 = column k),
 scale fp16 [N, NG], zero int8 [N, NG] (lowc.quant.bitplane.BitplaneWeight, read as stored).
+
+On the GPU the recombination runs four K values per 32-bit register (`spread_nibble`): the planes
+are read as bytes (little-endian, so byte b of a word is columns 8b..8b+7), each byte split into
+two nibbles; a nibble's four bits are moved to the four byte lanes by one multiply and one mask
+(nibble * 0x00204081: bit i lands at 8i, the other copies fall outside the mask), and added in with
+the plane's weight by one multiply-add: 2**j for the value planes, 256 - 2**(W_BITS-1) for the sign
+plane (its two's complement in a byte). Every lane ends in 0..255 and each lane's products stay
+below 256, so no lane carries into its neighbour, and the four lanes are the int8 values v.
+Under TRITON_INTERPRET the same v comes from one shift and mask per element (no inline assembly).
 """
 
 # --- template body ---
@@ -27,22 +36,65 @@ def load_x_tile(x_ptr, rm_ld, k, K, stride_xm, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def recombine_planes(planes_ptr, rn_ld, wk, N, KW32, EVEN_K: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """uint32 plane words [W_BITS x BN x BK/32] -> int8 v [BN, BK] in natural K order."""
-    shifts = tl.arange(0, 32).to(tl.uint32)
-    v = tl.zeros((BN, BK // 32, 32), dtype=tl.int32)
-    for j in tl.static_range(W_BITS):
-        ptrs = planes_ptr + j * N * KW32 + rn_ld[:, None] * KW32 + wk[None, :]
-        if EVEN_K:
-            words = tl.load(ptrs)
-        else:
-            words = tl.load(ptrs, mask=wk[None, :] < KW32, other=0)
-        bits = ((words[:, :, None] >> shifts[None, None, :]) & 1).to(tl.int32)
-        if j == W_BITS - 1:
-            v -= bits << j  # the sign plane weighs -2**(W_BITS-1)
-        else:
-            v += bits << j
-    return v.reshape(BN, BK).to(tl.int8)
+def spread_nibble(nib, weight, v):
+    """GPU only. v + weight * bits of `nib`, four byte lanes per register (module docstring).
+    nib, weight: [BN, BK] int32, equal over each four K values; v: [BN, BK] int8."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t;
+        mul.lo.u32 t, $1, 0x00204081;
+        and.b32 t, t, 0x01010101;
+        mad.lo.u32 $0, t, $5, $9;
+        }""",
+        constraints="=r,r,r,r,r,r,r,r,r,r",
+        args=[nib, weight, v],
+        dtype=tl.int8,
+        is_pure=True,
+        pack=4,
+    )
+
+
+@triton.jit
+def recombine_planes(planes_ptr, rn_ld, kt, N, KWB, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr,
+                     BN: tl.constexpr, BK: tl.constexpr):
+    """uint32 plane words [W_BITS x BN x BK/32] -> int8 v [BN, BK] in natural K order. KWB is a
+    plane row in bytes (KW / 8), passed from the host so that Triton sees its divisibility."""
+    if INTERPRETED:
+        KW32 = KWB // 4
+        wk = kt * (BK // 32) + tl.arange(0, BK // 32)
+        shifts = tl.arange(0, 32).to(tl.uint32)
+        v = tl.zeros((BN, BK // 32, 32), dtype=tl.int32)
+        for j in tl.static_range(W_BITS):
+            ptrs = planes_ptr + j * N * KW32 + rn_ld[:, None] * KW32 + wk[None, :]
+            if EVEN_K:
+                words = tl.load(ptrs)
+            else:
+                words = tl.load(ptrs, mask=wk[None, :] < KW32, other=0)
+            bits = ((words[:, :, None] >> shifts[None, None, :]) & 1).to(tl.int32)
+            if j == W_BITS - 1:
+                v -= bits << j  # the sign plane weighs -2**(W_BITS-1)
+            else:
+                v += bits << j
+        return v.reshape(BN, BK).to(tl.int8)
+    else:
+        KW8 = KWB
+        rb = kt * (BK // 8) + tl.arange(0, BK // 8)
+        byte_ptr = planes_ptr.to(tl.pointer_type(tl.uint8))
+        v = tl.zeros((BN, BK), dtype=tl.int8)
+        for j in tl.static_range(W_BITS):
+            ptrs = byte_ptr + j * N * KW8 + rn_ld[:, None] * KW8 + rb[None, :]
+            if EVEN_K:
+                b = tl.load(ptrs)
+            else:
+                b = tl.load(ptrs, mask=rb[None, :] < KW8, other=0)
+            nib = tl.join(b & 0xF, b >> 4).reshape(BN, BK // 4).to(tl.int32)
+            nib = tl.broadcast_to(nib[:, :, None], (BN, BK // 4, 4)).reshape(BN, BK)
+            if j == W_BITS - 1:
+                weight = 256 - (1 << j)  # -2**(W_BITS-1) as an unsigned byte
+            else:
+                weight = 1 << j
+            v = spread_nibble(nib, tl.full((BN, BK), weight, tl.int32), v)
+        return v
 
 
 @triton.jit
@@ -88,7 +140,7 @@ def finish_groups(y, sx_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr, rn, rm, pid_n, 
 @triton.jit
 def qlinear_kernel(
     x_ptr, sx_ptr, planes_ptr, scale_ptr, zero_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, KW, stride_xm,
+    M, N, K, KW, KWB, stride_xm,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -98,8 +150,6 @@ def qlinear_kernel(
     rn_ld = rn % N
     rm_ld = rm % M
     rk = tl.arange(0, BK)
-    rw = tl.arange(0, BK // 32)
-    KW32 = KW // 32
     if GROUP_SIZE > 0:
         NG = KW // GROUP_SIZE
     else:
@@ -110,7 +160,7 @@ def qlinear_kernel(
     xsum = tl.zeros((BM,), dtype=tl.int32)
     for kt in range(k_first, k_last):
         x = load_x_tile(x_ptr, rm_ld, kt * BK + rk, K, stride_xm, EVEN_K)
-        v = recombine_planes(planes_ptr, rn_ld, kt * (BK // 32) + rw, N, KW32, EVEN_K, BN, BK)
+        v = recombine_planes(planes_ptr, rn_ld, kt, N, KWB, EVEN_K, INTERPRETED, BN, BK)
         if GROUP_SIZE > 0:
             part = tl.dot(v, tl.trans(x), out_dtype=tl.int32)
             zs = tl.load(zero_ptr + rn_ld * NG + kt).to(tl.int32)

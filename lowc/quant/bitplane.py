@@ -172,14 +172,17 @@ def pack_planes(values: torch.Tensor, p: int) -> torch.Tensor:
     return torch.stack(words).to(torch.uint32)
 
 
-def unpack_planes(planes: torch.Tensor) -> torch.Tensor:
-    """Inverse of pack_planes: uint32 [p, ..., W] -> int16 [..., 32 W] (plane weights applied)."""
+def unpack_planes(planes: torch.Tensor, dtype: torch.dtype = torch.int16) -> torch.Tensor:
+    """Inverse of pack_planes: uint32 [p, ..., W] -> [..., 32 W] (plane weights applied) in `dtype`."""
     if planes.dtype != torch.uint32:
         raise QuantizationError(f"bit planes must be uint32, got {planes.dtype}")
-    words = planes.to(torch.int64)
-    bits = ((words[..., None] >> torch.arange(32, dtype=torch.int64)) & 1).flatten(-2)
-    weights = torch.tensor(plane_weights(planes.shape[0]), dtype=torch.int64)
-    return (bits * weights.reshape(-1, *[1] * (bits.dim() - 1))).sum(0).to(torch.int16)
+    words = planes.view(torch.int32)  # the same bits; `>> s & 1` reads bit s whatever the sign
+    shifts = torch.arange(32, dtype=torch.int32)
+    out = None
+    for j, weight in enumerate(plane_weights(planes.shape[0])):
+        bits = ((words[j][..., None] >> shifts) & 1).flatten(-2).to(dtype)
+        out = bits * weight if out is None else out.add_(bits, alpha=weight)
+    return out
 
 
 def activation_planes(x: torch.Tensor, a_bits: int, kp: int) -> torch.Tensor:
@@ -233,27 +236,29 @@ def fake_quantize(w: torch.Tensor, fmt, clip=None) -> torch.Tensor:
     return BitplaneIntWeight.from_float(w, _bitplane_spec(fmt).with_form("int"), clip=clip).dequantize()
 
 
-def group_accumulators(x: torch.Tensor, v: torch.Tensor, zs: torch.Tensor, gl: int) -> torch.Tensor:
-    """Exact acc[m, g, n] = sum_{k in g} x[m, k] * (v[n, k] - zs[n, g]) as int32 [M, NG, N]
-    for integer x [M, Kp], v [N, Kp], zs [N, NG]."""
+def group_dots(x: torch.Tensor, v: torch.Tensor, zs: torch.Tensor, gl: int) -> torch.Tensor:
+    """Exact acc[g, m, n] = sum_{k in g} x[m, k] * (v[n, k] - zs[n, g]) for integer-valued x [M, Kp],
+    v [N, Kp], zs [N, NG], as a float tensor [NG, M, N]: float32 when every partial sum is below
+    2**24 (|x| <= 128, |v - zs| <= 255, so groups up to 256 columns), else float64; either is exact.
+    One batched GEMM with the zero folded into the weight is far faster on CPU than integer math."""
     m, kp = x.shape
     ng = kp // gl
-    bound = 128.0 * 128.0 * gl
-    ftype = torch.float32 if bound < 2.0**24 else torch.float64  # exact while every partial sum fits
-    xg = x.to(ftype).reshape(m, ng, gl).transpose(0, 1)  # [NG, M, G]
-    vg = v.to(ftype).reshape(-1, ng, gl).permute(1, 2, 0)  # [NG, G, N]
-    dots = torch.bmm(xg, vg).transpose(0, 1).to(torch.int64)  # [M, NG, N]
-    xsum = x.to(torch.int64).reshape(m, ng, gl).sum(-1)  # [M, NG]
-    return (dots - xsum[:, :, None] * zs.to(torch.int64).T[None, :, :]).to(torch.int32)
+    ftype = torch.float32 if 128.0 * 255.0 * gl < 2.0**24 else torch.float64
+    vz = v.to(ftype).reshape(-1, ng, gl) - zs.to(ftype)[:, :, None]  # [N, NG, G]
+    return torch.bmm(x.to(ftype).reshape(m, ng, gl).transpose(0, 1), vz.permute(1, 2, 0))
 
 
-def scale_accumulators(acc: torch.Tensor, scale: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
-    """y[m, n] = (sum_g acc[m, g, n] * s[n, g]) * s_x[m], float32, groups in ascending order."""
-    s = scale.to(torch.float32)
-    y = torch.zeros(acc.shape[0], acc.shape[2], dtype=torch.float32)
-    for g in range(acc.shape[1]):
-        y = y + acc[:, g, :].to(torch.float32) * s[:, g][None, :]
-    return y * x_scale.reshape(-1, 1).to(torch.float32)
+def scale_accumulators(dots: torch.Tensor, scale: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
+    """y[m, n] = (sum_g acc[g, m, n] * s[n, g]) * s_x[m] in float32, groups added in ascending order,
+    from `group_dots` [NG, M, N] (consumed: scaled in place when already float32). Each product is
+    rounded before its addition, the order the kernels use (and 0 + a == a, so starting the sum from
+    group 0 equals starting from zero)."""
+    d = dots.to(torch.float32)
+    d.mul_(scale.to(torch.float32).T[:, None, :])
+    y = d[0]
+    for g in range(1, d.shape[0]):
+        y.add_(d[g])
+    return y.mul_(x_scale.reshape(-1, 1).to(torch.float32))
 
 
 def _bitplane_spec(fmt) -> BitplaneSpec:
@@ -296,17 +301,20 @@ class _BitplaneWeight(PackedWeight):
             )
         return pad_last_dim(x.reshape(-1, self.in_features), self.codes().shape[1])
 
+    def _dots(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._check_x(x)
+        return group_dots(x2, self.codes(), self.zero, self.spec.group_len(self.in_features))
+
     def accumulators(self, x: torch.Tensor) -> torch.Tensor:
         """The direct integer GEMM: int32 [M, NG, N] per-group accumulators for int8 x [..., K]."""
-        x2 = self._check_x(x)
-        return group_accumulators(x2, self.codes(), self.zero, self.spec.group_len(self.in_features))
+        return self._dots(x).transpose(0, 1).to(torch.int32)
 
     def linear(self, x: torch.Tensor, x_scale: torch.Tensor, bias, out_dtype: torch.dtype) -> torch.Tensor:
         """Reference GEMM on INT{M} activations from quantize_act (see module docstring)."""
         from lowc.quant.activations import check_quantized_activation
 
         check_quantized_activation(x, x_scale, self.spec)
-        y = scale_accumulators(self.accumulators(x), self.scale, x_scale)
+        y = scale_accumulators(self._dots(x), self.scale, x_scale)
         return finish_linear(y, bias, out_dtype, x.shape[:-1], self.spec)
 
     @classmethod

@@ -103,6 +103,28 @@ def test_rendered_sources_are_readable_and_distinct(cache):
     assert "tl.dot" in paths[0].read_text()
 
 
+@pytest.mark.parametrize("planes", range(2, 9))
+def test_simd_recombination_arithmetic(planes):
+    """Emulates `spread_nibble` (the GPU path's inline PTX) on 32-bit integers: for every value of
+    four K positions, the plane nibbles recombine into the four int8 lanes of v without carries."""
+    g = torch.Generator().manual_seed(planes)
+    v = torch.randint(-(2 ** (planes - 1)), 2 ** (planes - 1), (2000, 4), generator=g).tolist()
+    for lanes in v:
+        reg = 0  # v_in of the first plane: zeros
+        lane_sums = [0, 0, 0, 0]
+        for j in range(planes):
+            nib = sum(((lane >> j) & 1) << i for i, lane in enumerate(lanes))  # bit j of each lane
+            weight = 256 - (1 << j) if j == planes - 1 else 1 << j
+            t = ((nib * 0x00204081) & 0xFFFFFFFF) & 0x01010101  # mul.lo.u32, and.b32
+            assert t == sum(((nib >> i) & 1) << (8 * i) for i in range(4))  # bit i moved to lane i
+            reg = (t * weight + reg) & 0xFFFFFFFF  # mad.lo.u32
+            lane_sums = [acc + ((nib >> i) & 1) * weight for i, acc in enumerate(lane_sums)]
+            assert max(lane_sums) <= 255  # no lane carries into its neighbour
+            assert reg == sum(acc << (8 * i) for i, acc in enumerate(lane_sums))
+        got = [((reg >> (8 * i)) & 0xFF) - (256 if (reg >> (8 * i)) & 0x80 else 0) for i in range(4)]
+        assert got == lanes
+
+
 # -- the selector ----------------------------------------------------------------------------------------
 
 
