@@ -14,6 +14,8 @@ ties, as torch and transformers do) or sampled with temperature, top-k and top-p
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -112,11 +114,13 @@ def _stop_ids(model, eos_token_id) -> set[int]:
 
 def stream(model, input_ids, max_new_tokens: int = 32, *, attention_mask=None, do_sample: bool = False,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_token_id=None, pad_token_id=None,
-           generator: torch.Generator | None = None, cache: KVCache | None = None) -> Iterator[torch.Tensor]:
+           generator: torch.Generator | None = None, cache: KVCache | None = None,
+           cuda_graphs: bool | None = None) -> Iterator[torch.Tensor]:
     """Yield one LongTensor [B] per step: each sequence's new token, `pad_token_id` once it has finished.
 
     `cache`: a KVCache to draw slots from (default: a fresh one sized to this request); the slots are
-    released when the iterator ends. See `generate` for the other arguments.
+    released when the iterator ends. `cuda_graphs`: replay captured decode steps (default: on when
+    the cache is on a GPU; see lowc.runtime.cuda_graphs). See `generate` for the other arguments.
     """
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -129,7 +133,10 @@ def stream(model, input_ids, max_new_tokens: int = 32, *, attention_mask=None, d
         raise InputError("generate needs a model compiled with the kv_cache pass (every default pipeline has it)")
     longest = max(map(len, prompts))
     if cache is None:
-        cache = model.new_cache(len(prompts), longest + max_new_tokens)
+        # One slot per prompt, plus the CUDA-graph runner's scratch slot for padding rows.
+        on_gpu = next(itertools.chain(model.graph_module.parameters(), model.graph_module.buffers())).is_cuda
+        extra = 1 if (cuda_graphs is not False and on_gpu) else 0
+        cache = model.new_cache(len(prompts) + extra, longest + max_new_tokens)
     elif cache.spec != model.kv_spec:
         raise CacheError(f"the cache was made for {cache.spec}, but this model needs {model.kv_spec}")
     for b, p in enumerate(prompts):
@@ -142,6 +149,7 @@ def stream(model, input_ids, max_new_tokens: int = 32, *, attention_mask=None, d
                 "max_new_tokens or create the cache with a larger max_tokens")
     slots = cache.allocate(len(prompts))
     device = cache.device
+    decode = _decoder(model, cache, len(prompts), cuda_graphs)
     try:
         # Prefill: one left-padded batch; the padding id is irrelevant (never stored, never attended).
         ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts],
@@ -159,16 +167,50 @@ def stream(model, input_ids, max_new_tokens: int = 32, *, attention_mask=None, d
                 return
             keep = [i for i, tok in enumerate(chosen) if tok not in stop]
             ids = torch.tensor([[chosen[i]] for i in keep], dtype=torch.long, device=device)
-            ctx = ForwardContext(cache, [slots[row] for row in active_next], [1] * len(active_next), 1)
-            logits = model(ids, context=ctx)[:, -1]
+            logits = decode(ids, [slots[row] for row in active_next])
             active = active_next
     finally:
         cache.release(slots)
 
 
+def _decoder(model, cache: KVCache, batch: int, cuda_graphs: bool | None):
+    """`decode(ids [b, 1], slots) -> logits [b, V]`: CUDA-graph replay where possible, else eager."""
+
+    def eager(ids, slots):
+        return model(ids, context=ForwardContext(cache, slots, [1] * len(slots), 1))[:, -1]
+
+    if cuda_graphs is False or cache.device.type != "cuda":
+        if cuda_graphs:
+            raise InputError(f"cuda_graphs=True needs the KV cache on a GPU; it is on {cache.device}")
+        return eager
+    runner = _graph_runner(model, cache, batch, required=bool(cuda_graphs))
+    return runner.step if runner is not None else eager
+
+
+def _graph_runner(model, cache: KVCache, batch: int, required: bool):
+    """The decode-graph runner of `cache` (kept on the model, recaptured when the batch outgrows it)."""
+    from lowc.runtime.cuda_graphs import DecodeGraphs
+
+    runners = model.__dict__.setdefault("_decode_graphs", weakref.WeakKeyDictionary())
+    runner = runners.get(cache)
+    if runner is not None and runner.buckets[-1] >= batch:
+        return runner
+    if runner is not None:
+        runner.close()
+    if not cache.free_slots():
+        if required:
+            raise CacheError("CUDA-graph decode needs one free cache slot for padding rows; create the cache "
+                             "with one more slot than sequences, or pass cuda_graphs=False")
+        return None
+    runner = DecodeGraphs(model, cache, max_batch=batch)
+    runners[cache] = runner
+    return runner
+
+
 def generate(model, input_ids, max_new_tokens: int = 32, *, attention_mask=None, do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_token_id=None, pad_token_id=None,
-             generator: torch.Generator | None = None, cache: KVCache | None = None):
+             generator: torch.Generator | None = None, cache: KVCache | None = None,
+             cuda_graphs: bool | None = None):
     """Generate up to `max_new_tokens` per prompt with `model` (a lowc CompiledModel).
 
     input_ids: a LongTensor [B, T] (with `attention_mask` for a left-padded batch) -> returns a
@@ -179,11 +221,12 @@ def generate(model, input_ids, max_new_tokens: int = 32, *, attention_mask=None,
     pad_token_id: what fills finished sequences (default: the smallest EOS id, else 0).
     do_sample/temperature/top_k/top_p/generator: sampling; greedy when do_sample is False.
     cache: a KVCache (model.new_cache) to take slots from; default: a fresh one for this call.
+    cuda_graphs: decode by CUDA-graph replay (default: when the cache is on a GPU and has a free slot).
     """
     prompts, as_tensor = _prompts(input_ids, attention_mask)
     steps = list(stream(model, input_ids, max_new_tokens, attention_mask=attention_mask, do_sample=do_sample,
                         temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
-                        pad_token_id=pad_token_id, generator=generator, cache=cache))
+                        pad_token_id=pad_token_id, generator=generator, cache=cache, cuda_graphs=cuda_graphs))
     new = torch.stack(steps, dim=1)  # [B, n]
     if as_tensor:
         return torch.cat([input_ids.to(new.device, torch.long), new], dim=1).to(input_ids.device)
