@@ -12,10 +12,12 @@ kernel file, cache entry and tuned configs. `raw=True` returns the exact per-gro
 
 Which realization and tile a call uses is decided per (format, output dtype, M bucket, N, K, GPU) by
 `RealizationSelector`, in this order: this process's memory; the user table
-`<cache>/autotune/bitplane-<gpu>.json`; the shipped table `lowc/runtime/configs/bitplane-<gpu>.json`;
-on a GPU with policy "miss" (LOWC_AUTOTUNE, as lowc.runtime.autotune) every candidate of BOTH
-realizations is timed and the winner is stored in the user table together with the best time of each
-realization; otherwise a rule (unpack everywhere: the INT8 tensor-core path is the safe default).
+`<cache>/autotune/bitplane-<gpu>.json`; the shipped table `lowc/runtime/configs/bitplane-<gpu>.json`
+(written by bench/gemm_bitplane.py, which times both realizations on the GPU); in each table the exact
+(N, K) entry, else the same M bucket's nearest measured shape; on a GPU with policy "miss"
+(LOWC_AUTOTUNE, default "off" as in lowc.runtime.autotune) every candidate of BOTH realizations is
+timed and the winner is stored in the user table with the best time of each realization; otherwise
+a rule (unpack everywhere: the INT8 tensor-core path is the safe default).
 So the realization choice is stored with the autotune results, per M bucket.
 
 `register_cuda_kernels()` makes lowc::qlinear's CUDA kernel dispatch bit-plane formats here and every
@@ -145,34 +147,35 @@ def default_config(spec: KernelSpec, realization: str, m: int, n: int, k: int) -
 
 
 def candidate_configs(spec: KernelSpec, realization: str, m: int, n: int, k: int) -> list[TileConfig]:
-    """The small space timed per (spec, M bucket, N, K): a few tiles around the default."""
+    """The few tiles timed per (spec, realization, M bucket, N, K), the default first (at most 5)."""
+    bk = _bk(spec, 128)
+
+    def split(bm, bn, kbk=bk):
+        return _split_for(-(-m // bm) * -(-n // bn), -(-k // kbk))
+
     out = [default_config(spec, realization, m, n, k)]
-    bks = [spec.group_size] if spec.group_size else [128, 256]
     if realization == "binary":
-        for bm in sorted({min(16, m_bucket(m)), max(1, min(16, m_bucket(m)) // 2)}):
-            for bn in (16, 32, 64, 128):
-                for bk in bks:
-                    split = _split_for(-(-m // bm) * -(-n // bn), -(-k // bk))
-                    for s in sorted({1, split}):
-                        out.append(TileConfig(bm, bn, bk, s, 4, 3))
+        bm = min(16, m_bucket(m))
+        for tile_m in (bm, max(1, bm // 2)):
+            for bn in (16, 32, 64):
+                out.append(TileConfig(tile_m, bn, bk, split(tile_m, bn), 4, 3))
     elif m <= 64:
-        for bn in (64, 128):
-            for bk in bks:
-                split = _split_for(-(-m // max(16, m_bucket(m))) * -(-n // bn), -(-k // bk))
-                for s in sorted({1, split, max(1, split // 2)}):
-                    for stages in (3, 4):
-                        out.append(TileConfig(max(16, m_bucket(m)), bn, bk, s, 4, stages))
+        bm = max(16, m_bucket(m))
+        s64, s128 = split(bm, 64, _bk(spec, 256) if m <= 16 else bk), split(bm, 128)
+        out += [TileConfig(bm, 128, bk, s128, 4, 4), TileConfig(bm, 64, bk, max(1, s64 // 2), 4, 4),
+                TileConfig(bm, 32, bk, split(bm, 32), 4, 4), TileConfig(bm, 64, bk, s64, 4, 3)]
+    elif m <= 256:
+        out += [TileConfig(128, 128, bk, 1, 8, 3), TileConfig(64, 64, bk, 1, 4, 4), TileConfig(64, 128, bk, 1, 4, 4)]
     else:
-        for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (128, 256, 8)):
-            for stages in (3, 4):
-                out.append(TileConfig(bm, bn, bks[0], 1, warps, stages))
+        # 256-wide tiles spill at 255 registers (float group sum + INT32 part): not candidates.
+        out += [TileConfig(128, 128, bk, 1, 8, 4), TileConfig(64, 128, bk, 1, 4, 3), TileConfig(128, 64, bk, 1, 4, 3)]
     valid = []
     for c in dict.fromkeys(out):
         try:
             valid.append(check_config(spec, realization, c))
         except KernelError:
             pass
-    return valid
+    return valid[:5]
 
 
 def _spec_named(fmt: str, realization: str, out: str) -> KernelSpec:
@@ -187,7 +190,7 @@ class RealizationSelector:
     """(realization, TileConfig) per (format, out dtype, M bucket, N, K, GPU); see module docstring."""
 
     def __init__(self, root: str | Path | None = None, policy: str | None = None, shipped_dir: Path = SHIPPED_DIR):
-        policy = policy or os.environ.get("LOWC_AUTOTUNE", "miss")
+        policy = policy or os.environ.get("LOWC_AUTOTUNE", "off")  # as lowc.runtime.autotune: no implicit tuning
         if policy not in POLICIES:
             raise KernelError(f"autotune policy {policy!r} unknown; use one of {POLICIES} (LOWC_AUTOTUNE)")
         self.policy = policy
@@ -211,7 +214,8 @@ class RealizationSelector:
         if hit is not None:
             return hit
         for table in (self.user_table(device), self.shipped_table(device)):
-            raw = table.load().get(key)
+            entries = table.load()
+            raw = entries.get(key) or _nearest_shape(entries, fmt, out, m, n, k)
             try:
                 hit = raw["realization"], TileConfig.from_dict(raw["config"])
                 check_config(_spec_named(fmt, hit[0], out), *hit)
@@ -257,6 +261,26 @@ class RealizationSelector:
                  "us_by_realization": {r: round(t * 1e6, 2) for r, (t, _) in best.items()}}
         self.user_table(device).update({key: entry}, device)
         return winner, cfg
+
+
+def _nearest_shape(entries: dict, fmt: str, out: str, m: int, n: int, k: int) -> dict | None:
+    """The stored entry of the same format, output dtype and M bucket whose (N, K) is nearest in
+    log scale: a measured realization choice for a shape nobody timed beats a rule of thumb."""
+    import math
+
+    prefix = f"{fmt}|o{out}|m{m_bucket(m)}|"
+    best, best_d = None, math.inf
+    for key, raw in entries.items():
+        if not key.startswith(prefix):
+            continue
+        try:
+            kn, kk = (int(part[1:]) for part in key[len(prefix):].split("|"))
+        except ValueError:
+            continue
+        d = abs(math.log(kn / n)) + abs(math.log(kk / k))
+        if d < best_d:
+            best, best_d = raw, d
+    return best
 
 
 @functools.lru_cache(maxsize=None)

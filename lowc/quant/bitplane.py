@@ -164,12 +164,13 @@ def pack_planes(values: torch.Tensor, p: int) -> torch.Tensor:
     lo, hi = -(2 ** (p - 1)), 2 ** (p - 1) - 1
     if v.numel() and (int(v.min()) < lo or int(v.max()) > hi):
         raise QuantizationError(f"pack_planes: values outside the signed {p}-bit range {lo}..{hi}")
-    shifts = torch.arange(32, dtype=torch.int64)
+    shifts = torch.arange(32, dtype=torch.int64, device=v.device)
     words = []
     for j in range(p):
         bits = ((v >> j) & 1).unflatten(-1, (-1, 32))
         words.append((bits << shifts).sum(-1))
-    return torch.stack(words).to(torch.uint32)
+    w = torch.stack(words)  # 0 .. 2**32 - 1 in int64: through the int32 with the same bits
+    return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32).view(torch.uint32)
 
 
 def unpack_planes(planes: torch.Tensor, dtype: torch.dtype = torch.int16) -> torch.Tensor:
@@ -177,7 +178,7 @@ def unpack_planes(planes: torch.Tensor, dtype: torch.dtype = torch.int16) -> tor
     if planes.dtype != torch.uint32:
         raise QuantizationError(f"bit planes must be uint32, got {planes.dtype}")
     words = planes.view(torch.int32)  # the same bits; `>> s & 1` reads bit s whatever the sign
-    shifts = torch.arange(32, dtype=torch.int32)
+    shifts = torch.arange(32, dtype=torch.int32, device=planes.device)
     out = None
     for j, weight in enumerate(plane_weights(planes.shape[0])):
         bits = ((words[j][..., None] >> shifts) & 1).flatten(-2).to(dtype)
