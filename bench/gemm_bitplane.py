@@ -212,6 +212,13 @@ def main(argv=None):
     compiled, failed = precompile(jobs, args.workers)
     print(f"precompiled {compiled} (format, realization, config, M class) in {time.time() - t0:.0f}s, {failed} failed",
           flush=True)
+    from lowc.runtime.autotune import default_tuner
+
+    base_jobs = [(fmt, default_tuner().config_for(base.spec_of(fmt), m, n, k, slug).to_dict(), 1 if m == 1 else 16)
+                 for fmt in BASELINE_FORMATS for n, k in shapes for m in args.ms]
+    base_jobs = list({json.dumps(j, sort_keys=True): j for j in base_jobs}.values())
+    failed = base.precompile(base_jobs, args.workers)
+    print(f"precompiled {len(base_jobs)} W4A8/W8A8 configs, {failed} failed ({time.time() - t0:.0f}s)", flush=True)
     ceil = base.ceilings()
     print(f"{props.name}: copy {ceil['copy_bw_Bps'] / 1e12:.2f} TB/s, INT8 {ceil['int8_ops'] / 1e12:.0f} TOPS", flush=True)
     rows = bitplane_rows(shapes, args.ms, args.formats, ceil, l2, slug, t0 + args.budget_s, log=lambda s: print(s, flush=True))
