@@ -29,6 +29,7 @@ log = logging.getLogger("lowc")
 DUMP_ENV = "LOWC_DUMP_IR"
 # Passes that read calibration statistics; a pipeline containing any of them triggers calibration.
 NEEDS_CALIBRATION = {"smooth", "smooth_attention", "reorder", "clip", "gptq"}
+NEEDS_HESSIAN = {"clip", "gptq"}  # these also need H = X^T X / n of every linear's input
 
 
 class CompiledModel(torch.nn.Module):
@@ -157,6 +158,7 @@ def compile(
     *,
     passes=(),
     calibration=None,
+    tokenizer=None,
     dump_ir: str | os.PathLike | None = None,
     debug: bool = False,
     progress: bool = True,
@@ -170,7 +172,9 @@ def compile(
             string, or a `lowc.Scheme`.
         passes: extra passes: callables `(gm, ctx) -> PassResult` (run after the scheme's own, before
             dead-code elimination) or `lowc.passes.before/after(name, pass)` placements.
-        calibration: LongTensor [n, seq] of calibration token ids; default: lowc's shipped text.
+        calibration: token ids [n, seq], a text (needs `tokenizer`), or None for lowc's shipped
+            calibration text (needs `tokenizer`); only read when the scheme's passes need statistics.
+        tokenizer: the model's tokenizer, to read calibration text.
         dump_ir: a directory for per-pass IR dumps (also `LOWC_DUMP_IR`).
         debug: after every pass, run the graph on a sample and check its numerics.
     """
@@ -183,16 +187,22 @@ def compile(
             f"Schemes that work now: {', '.join(_working_presets())}."
         )
     steps = build_pipeline(scheme, passes)
+    names = {s.name for s in steps}
+    tokens = None
+    if names & NEEDS_CALIBRATION:  # resolve calibration data before the (slower) capture
+        from lowc.calibrate import calibration_tokens
+
+        tokens = calibration_tokens(calibration, tokenizer, int(model.config.vocab_size))
     gm = capture(model)
     sample = _sample_inputs(model) if debug else None
     ctx = PassContext(scheme=scheme, model_config=model.config, sample_inputs=sample, debug=debug,
                       progress=progress, options=dict(options or {}))
-    if any(s.name in NEEDS_CALIBRATION for s in steps):
-        from lowc.calibrate import calibrate, default_calibration
+    if tokens is not None:
+        from lowc.calibrate import calibrate
 
-        tokens = calibration if calibration is not None else default_calibration(model)
-        ctx.calibration = calibrate(gm, tokens, progress=progress)
-        ctx.recalibrate = lambda g: calibrate(g, tokens, progress=progress)
+        hessian = bool(names & NEEDS_HESSIAN)
+        ctx.calibration = calibrate(gm, tokens, progress=progress, hessian=hessian)
+        ctx.recalibrate = lambda g: calibrate(g, tokens, progress=progress, hessian=hessian)
     dump_dir = dump_ir or os.environ.get(DUMP_ENV) or None
     bar = tqdm(total=len(steps), desc=f"lowc {scheme.name}", disable=not progress, leave=False)
     try:

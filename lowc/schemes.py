@@ -115,6 +115,27 @@ def default_pipeline(s: Scheme) -> tuple[str, ...]:
     return tuple(steps)
 
 
+def weight_format(s: Scheme) -> str | None:
+    """The packed format (lowc/quant, docs/formats.md) of the scheme's linears, or None when they stay
+    floating point (w16a16) or take the bit-plane path (every (w, a) without a dedicated format).
+
+    w8a8 -> "w8a8" (per output channel; a group size does not apply), w4a16-g{G} -> "w4a16_g{G}",
+    w4a8-g{G} -> "w4a8_g{G}" and w4a8-g0 -> "w4a8_pc", w4a4-g{G} -> "w4a4_g{G}_o{n_outliers}".
+    """
+    w, a, g = s.w_bits, s.a_bits, s.group_size
+    if (w, a) == (16, 16) or s.route == "bitplane":
+        return None
+    if (w, a) == (8, 8):
+        return "w8a8"
+    if g and g & (g - 1):
+        raise SchemeError(f"{s.name}: group size {g} is not a power of two; the w{w}a{a} kernels tile K by it")
+    if (w, a) == (4, 8):
+        return f"w4a8_g{g}" if g else "w4a8_pc"
+    if not g:
+        raise SchemeError(f"{s.name}: w{w}a{a} has no per-channel format; give a group size, e.g. w{w}a{a}-g128")
+    return f"w4a16_g{g}" if (w, a) == (4, 16) else f"w4a4_g{g}_o{s.n_outliers}"
+
+
 def _preset(name: str, **kw) -> Scheme:
     return Scheme(name=name, **kw)
 
