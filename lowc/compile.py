@@ -45,6 +45,15 @@ class CompiledModel(torch.nn.Module):
         self.pass_records = list(records)
         self.compile_seconds = compile_seconds
 
+    def _apply(self, fn, *args, **kwargs):
+        # .cuda() / .to("cuda") of a model compiled on the CPU: its ops must find their CUDA kernels.
+        out = super()._apply(fn, *args, **kwargs)
+        if _graph_device(self.graph_module).type == "cuda":
+            from lowc.runtime import register_cuda_kernels
+
+            register_cuda_kernels()
+        return out
+
     @property
     def vocab_size(self) -> int:
         return int(self.config.vocab_size)
@@ -206,12 +215,23 @@ def compile(
     dump_dir = dump_ir or os.environ.get(DUMP_ENV) or None
     bar = tqdm(total=len(steps), desc=f"lowc {scheme.name}", disable=not progress, leave=False)
     try:
-        gm, records = run_pipeline(gm, ctx, steps, dump_dir, on_step=lambda name: _advance(bar, name))
+        link = _link_kernels if (dump_dir or _graph_device(gm).type == "cuda") else None
+        gm, records = run_pipeline(gm, ctx, steps, dump_dir, on_step=lambda name: _advance(bar, name), finalize=link)
     finally:
         bar.close()
     compiled = CompiledModel(gm, scheme, model.config, records, time.perf_counter() - t0, type(model).__name__)
+    if _graph_device(gm).type == "cuda":
+        from lowc.runtime import register_cuda_kernels
+
+        register_cuda_kernels()  # the generated Triton kernels become the ops' CUDA implementation
     log.info("compiled %s with %s in %.1fs", type(model).__name__, scheme.name, compiled.compile_seconds)
     return compiled
+
+
+def _link_kernels(gm: fx.GraphModule) -> None:
+    from lowc.kernel_links import link_kernel_files
+
+    link_kernel_files(gm)
 
 
 def _advance(bar, name: str) -> None:
