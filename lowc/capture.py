@@ -184,9 +184,35 @@ def _to_plain_graph(gm: fx.GraphModule) -> fx.GraphModule:
                 raise CaptureError("the captured graph depends on use_cache; expected it constant False")
             graph.erase_node(ph)
     graph._codegen = fx.graph.CodeGen()
+    _make_device_agnostic(graph)
     graph.eliminate_dead_code()
     # A fresh GraphModule shares the weight tensors but none of the exported module's hooks.
     return fx.GraphModule(gm, graph, class_name="CapturedLM")
+
+
+def _make_device_agnostic(graph: fx.Graph) -> None:
+    """Remove the capture device from the graph, so a graph captured on the CPU runs on a GPU.
+
+    Export records the device it traced on in `_assert_tensor_metadata` checks and `aten.to.device`
+    casts (RoPE's `inv_freq.to(x.device)`); a compiled model moved with `.cuda()` would trip on them.
+    The checks go, `to.device` becomes `to.dtype` (every tensor of the graph lives on one device),
+    and a factory op's `device=` is read from `input_ids` at run time.
+    """
+    ids = next(n for n in graph.nodes if n.op == "placeholder")
+    device_of_ids = None
+    for node in list(graph.nodes):
+        if node.target is torch.ops.aten._assert_tensor_metadata.default:
+            graph.erase_node(node)
+        elif node.target is torch.ops.aten.to.device:
+            x, _device, dtype, *rest = node.args
+            node.target = torch.ops.aten.to.dtype
+            node.args = (x, dtype, *rest)
+        elif node.op == "call_function" and isinstance(node.kwargs.get("device"), torch.device):
+            if device_of_ids is None:
+                first_op = next(n for n in graph.nodes if n.op != "placeholder")
+                with graph.inserting_before(first_op):
+                    device_of_ids = graph.call_function(getattr, (ids, "device"))
+            node.kwargs = {**node.kwargs, "device": device_of_ids}
 
 
 def _drop_guard_modules(gm: fx.GraphModule) -> None:

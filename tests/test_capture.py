@@ -96,3 +96,12 @@ def test_export_failure_names_the_module(monkeypatch):
         capture(model)
     assert "model.layers.0.mlp (LlamaMLP" in str(e.value) and "unsupported op in the MLP" in str(e.value)
     assert model.config._attn_implementation != "lowc"  # restored even on failure
+
+
+def test_graph_names_no_device():
+    """A graph captured on the CPU must run after .cuda(): no device constants may remain in it."""
+    gm = capture(tiny_model("llama"))
+    for n in gm.graph.nodes:
+        assert n.target is not torch.ops.aten._assert_tensor_metadata.default
+        for a in list(n.args) + list(n.kwargs.values()):
+            assert not isinstance(a, torch.device), (n.name, n.target)
