@@ -10,8 +10,8 @@
 __version__ = "0.1.0"
 
 _LAZY = {
-    "compile": ("lowc.compile", "compile"),
-    "CompiledModel": ("lowc.compile", "CompiledModel"),
+    "compile": ("lowc.compiler", "compile"),
+    "CompiledModel": ("lowc.compiler", "CompiledModel"),
     "Scheme": ("lowc.schemes", "Scheme"),
     "parse_scheme": ("lowc.schemes", "parse_scheme"),
     "list_schemes": ("lowc.schemes", "list_schemes"),

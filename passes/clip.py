@@ -65,10 +65,10 @@ def clip_search(w: torch.Tensor, h: torch.Tensor, fmt: str, ratios: list[float])
     w = w.detach().float()
     groups = scale_groups(fmt, w.shape[1])
     n = w.shape[0]
-    best_err = torch.full((n, len(groups)), float("inf"))
-    best_r = torch.ones(n, len(groups))
+    best_err = torch.full((n, len(groups)), float("inf"), device=w.device)
+    best_r = torch.ones(n, len(groups), device=w.device)
     for r in ratios:
-        ratio = torch.full((n, len(groups)), float(r))
+        ratio = torch.full((n, len(groups)), float(r), device=w.device)
         wq = quantize_weight(clamp_groups(w, groups, ratio), fmt).dequantize()
         err = group_errors(wq - w, h, groups)
         better = err < best_err

@@ -160,12 +160,12 @@ def _gated_producer(gm, mul, group_input, width) -> Producer | None:
     return None
 
 
-def _identity_slots(p: Producer | None, width: int) -> torch.Tensor:
+def _identity_slots(p: Producer | None, width: int, device: torch.device) -> torch.Tensor:
+    channels = torch.arange(width, device=device)
     if p is None or p.kind != "heads":
-        return torch.arange(width)
+        return channels
     h, hkv, d = p.extra["n_heads"], p.extra["kv_heads"], p.extra["head_dim"]
-    heads = torch.arange(width) // d
-    return (heads // (h // hkv)) * d + torch.arange(width) % d
+    return (channels // d // (h // hkv)) * d + channels % d
 
 
 def linear_groups(gm: fx.GraphModule, include_head: bool = True) -> list[LinearGroup]:
@@ -177,8 +177,9 @@ def linear_groups(gm: fx.GraphModule, include_head: bool = True) -> list[LinearG
             by_input.setdefault(n.args[0], []).append(n)
     groups = []
     for x, linears in by_input.items():
-        width = int(weight_of(gm, linears[0]).shape[1])
-        perm = torch.arange(width)
+        w0 = weight_of(gm, linears[0])
+        width, device = int(w0.shape[1]), w0.device
+        perm = torch.arange(width, device=device)
         src = x
         while src.op == "call_function" and (src.target in TRANSPARENT or is_gather(src)):
             if is_gather(src):
@@ -188,7 +189,7 @@ def linear_groups(gm: fx.GraphModule, include_head: bool = True) -> list[LinearG
         # linears are the activation's only readers.
         private = all(u in linears for u in x.users)
         producer = _find_producer(gm, src, x, width) if private else None
-        slots = _identity_slots(producer, width)[perm]
+        slots = _identity_slots(producer, width, device)[perm]
         groups.append(LinearGroup(x, linears, producer, slots))
     return groups
 

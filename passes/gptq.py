@@ -40,11 +40,11 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor U of (H + damp * mean(diag H) I)^-1, in float32 (computed in float64)."""
     h = h.double().clone()
     k = h.shape[0]
-    h += torch.eye(k, dtype=h.dtype) * damp * float(torch.diagonal(h).mean())
+    h += torch.eye(k, dtype=h.dtype, device=h.device) * damp * float(torch.diagonal(h).mean())
     try:
         low = torch.linalg.cholesky(h)
     except torch.linalg.LinAlgError:
-        h += torch.eye(k, dtype=h.dtype) * 0.1 * float(torch.diagonal(h).mean())
+        h += torch.eye(k, dtype=h.dtype, device=h.device) * 0.1 * float(torch.diagonal(h).mean())
         low = torch.linalg.cholesky(h)
     return torch.linalg.cholesky(torch.cholesky_inverse(low), upper=True).float()
 
@@ -58,7 +58,7 @@ def gptq_codes(w: torch.Tensor, h: torch.Tensor, grid: ElementGrid, *, damp: flo
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     k = w.shape[1]
-    perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else torch.arange(k)
+    perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else torch.arange(k, device=h.device)
     w, h, grid = w[:, perm], h[perm][:, perm], grid.permute(perm)
     u = inverse_hessian_factor(h, damp)
     q = torch.zeros_like(w)

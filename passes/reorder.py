@@ -43,9 +43,9 @@ def outlier_order(mean_sq: torch.Tensor, n_outliers: int, sort_all: bool = True)
     if sort_all or n_outliers == 0:
         return order
     top = order[k - n_outliers:]
-    keep = torch.ones(k, dtype=torch.bool)
+    keep = torch.ones(k, dtype=torch.bool, device=top.device)
     keep[top] = False
-    return torch.cat((torch.arange(k)[keep], top))
+    return torch.cat((torch.arange(k, device=top.device)[keep], top))
 
 
 def _permute_rows(gm: fx.GraphModule, lin: fx.Node, perm: torch.Tensor) -> None:

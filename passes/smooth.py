@@ -33,8 +33,8 @@ MIN_SCALE = 1e-5
 
 def slot_max(values: torch.Tensor, slot: torch.Tensor, n_slots: int) -> torch.Tensor:
     """max of values[j] over the channels j that share a producer slot -> [n_slots]."""
-    out = torch.zeros(n_slots, dtype=values.dtype)
-    return out.scatter_reduce(0, slot, values, reduce="amax", include_self=True)
+    out = torch.zeros(n_slots, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce(0, slot.to(values.device), values, reduce="amax", include_self=True)
 
 
 def smoothing_factors(act_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -> torch.Tensor:

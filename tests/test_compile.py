@@ -82,3 +82,9 @@ def test_smollm2_compiles_and_matches_eager(smollm2):
     s = q.summary()
     assert s["lowc_ops"]["lowc.rms_norm.default"] == 61  # 2 per layer x 30 + final
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in sd_before.items())
+
+
+def test_compile_stays_callable_after_importing_the_module():
+    import lowc.compiler  # noqa: F401  (a submodule import must not shadow lowc.compile)
+
+    assert callable(lowc.compile) and lowc.compile is lowc.compiler.compile

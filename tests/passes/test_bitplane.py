@@ -57,8 +57,11 @@ def test_every_linear_but_the_head_becomes_a_plane_qlinear(model, ids):
     q = nodes(gm, QLINEAR)
     assert len(q) == 7 * 2  # q, k, v, o, gate, up, down per layer; lm_head stays 16-bit
     assert {n.args[4] for n in q} == {"w3a8_g128_bp"} and all(n.meta["lowc_format"] == "w3a8_g128_bp" for n in q)
-    acts = nodes(gm, QUANT)
-    assert len(acts) == 4 * 2 and {n.args[1] for n in acts} == {"w3a8_g128_bp"}  # qkv, o, gate/up, down share
+    # Activation quantizers: plain or fused by fuse_glue into the norm / SiLU·mul before them.
+    fused = (torch.ops.lowc.rms_norm_quant.default, torch.ops.lowc.add_rms_norm_quant.default,
+             torch.ops.lowc.silu_mul_quant.default)
+    acts = nodes(gm, QUANT) + [n for f in fused for n in nodes(gm, f)]
+    assert len(acts) == 4 * 2 and {n.args[-1] for n in acts} == {"w3a8_g128_bp"}  # qkv, o, gate/up, down share
     for n in q:
         planes, scale, zero = (attr_tensor(gm, a) for a in n.args[2])
         k = n.meta["lowc_site"]["in_features"]

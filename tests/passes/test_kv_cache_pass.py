@@ -97,9 +97,11 @@ def test_dump_and_debug_mode(llama, tmp_path):
     q = lowc.compile(llama, "w16a16kv4", dump_ir=tmp_path, debug=True, progress=False)
     rec = next(r for r in q.pass_records if r.name == "kv_cache")
     assert rec.check["finite"] and 5 < rec.check["sqnr_db"] < 80
-    final = (tmp_path / "final.txt").read_text()
-    assert final.count("lowc.rope_kv_store.default(") == 2 and final.count("lowc.attention_kv.default(") == 2
-    assert "format=kv4" in final and "lowc.attention.default(" not in final
+    after = (next(tmp_path.glob("*_kv_cache")) / "after.txt").read_text()
+    assert after.count("lowc.rope_kv_store.default(") == 2 and after.count("lowc.attention_kv.default(") == 2
+    assert "format=kv4" in after and "lowc.attention.default(" not in after
+    final = (tmp_path / "final.txt").read_text()  # fuse_glue then folds q's RoPE into the store as well
+    assert final.count("lowc.rope_qkv_store.default(") == 2 and "format=kv4" in final
     diff = next(tmp_path.glob("*_kv_cache")) / "diff.txt"
     assert "+%kv0_k_scale = input 'kv0_k_scale'" in diff.read_text()
 
@@ -116,5 +118,5 @@ def test_qwen2_with_qkv_bias():
 
 def test_every_preset_runs_kv_cache_last():
     for s in [*PRESETS.values(), parse_scheme("w16a16kv4"), parse_scheme("w4a8kv4-g64")]:
-        assert s.passes[-2:] == ("kv_cache", "eliminate_dead_code")
+        assert s.passes[-3:] == ("kv_cache", "fuse_glue", "eliminate_dead_code")
     assert parse_scheme("w4a8kv4").kv_bits == 4
