@@ -32,7 +32,7 @@ def decode_timing(qmodel, batches, context_len: int = 512, steps: int = 20) -> l
 
     rows = []
     for b in batches:
-        cache = qmodel.new_cache(b + 1, context_len + steps + 8, "cuda")
+        cache = qmodel.new_cache(b + 1, context_len + steps + 8)
         slots = cache.allocate(b)
         ids = torch.randint(0, qmodel.vocab_size, (b, context_len), device="cuda")
         with torch.no_grad():
@@ -89,7 +89,12 @@ def main() -> None:
             qmodel = lowc.compile(model.cpu(), name, calibration=calib, progress=False).cuda()
         compile_s = time.perf_counter() - t0
         gpu = perplexity(qmodel, tok, text, tokens=args.tokens, window=args.window, progress=False)
-        timing = decode_timing(qmodel, [int(b) for b in args.decode_batches.split(",")])
+        print(f"{name}: ppl with the GPU kernels {gpu.perplexity:.4f} ({gpu.seconds:.1f}s)", flush=True)
+        try:
+            timing = decode_timing(qmodel, [int(b) for b in args.decode_batches.split(",")])
+        except Exception as e:  # keep the perplexity cross-check even if timing fails
+            print(f"{name}: decode timing failed: {type(e).__name__}: {e}", flush=True)
+            timing = []
         ref = perplexity(qmodel.cpu(), tok, text, tokens=args.tokens, window=args.window, progress=False)
         rel = abs(gpu.perplexity - ref.perplexity) / ref.perplexity
         results["schemes"][name] = {"ppl_gpu_kernels": gpu.perplexity, "ppl_reference_cpu": ref.perplexity,

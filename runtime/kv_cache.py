@@ -28,6 +28,8 @@ class KVCache:
         self.slots = slots
         self.max_tokens = max_tokens
         self.device = torch.device(device or "cpu")
+        if self.device.type == "cuda" and self.device.index is None:  # "cuda" -> "cuda:N", as tensors report it
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.tensors = spec.allocate(slots, max_tokens, self.device)
         self.lengths = [0] * slots  # committed tokens per slot
         self._taken = [False] * slots
