@@ -6,7 +6,7 @@ import torch
 
 import lowc
 from lowc.errors import CacheError, InputError
-from lowc.ops import kv_ops
+from lowc.ops import fused_ops, kv_ops
 from lowc.runtime.context import ForwardContext
 from lowc.runtime.kv_cache import KVCache
 from lowc.tiny_models import tiny_model
@@ -156,10 +156,13 @@ def test_a_failed_request_does_not_corrupt_other_slots(model, monkeypatch):
             raise RuntimeError("injected failure")
         return real(*args)
 
+    # The store runs inside kv_ops' ops and, after fuse_glue, inside the fused RoPE + store op.
     monkeypatch.setattr(kv_ops, "kv_store_reference", failing)
+    monkeypatch.setattr(fused_ops, "kv_store_reference", failing)
     with pytest.raises(RuntimeError, match="injected"):
         _run(model, cache, [a, b], [[11], [42]])
     monkeypatch.setattr(kv_ops, "kv_store_reference", real)
+    monkeypatch.setattr(fused_ops, "kv_store_reference", real)
     with pytest.raises(CacheError):
         _run(model, cache, [c, a], [list(range(13)), [11]])  # c's prompt does not fit: nothing runs
     assert [cache.lengths[s] for s in (a, b, c)] == [len(seq), len(SEQS[1]), 0]
