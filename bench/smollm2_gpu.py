@@ -32,7 +32,7 @@ def decode_timing(qmodel, batches, context_len: int = 512, steps: int = 20) -> l
 
     rows = []
     for b in batches:
-        cache = qmodel.new_cache(b + 1, context_len + steps + 8)
+        cache = qmodel.new_cache(b + 1, context_len + 2 * steps + 8)  # warm-up + graphed + eager steps
         slots = cache.allocate(b)
         ids = torch.randint(0, qmodel.vocab_size, (b, context_len), device="cuda")
         with torch.no_grad():
@@ -40,7 +40,7 @@ def decode_timing(qmodel, batches, context_len: int = 512, steps: int = 20) -> l
         graphs = DecodeGraphs(qmodel, cache, max_batch=b, buckets=(b,))
         tok = torch.randint(0, qmodel.vocab_size, (b, 1), device="cuda")
         with torch.no_grad():
-            for _ in range(3):
+            for _ in range(3):  # warm-up (counted in the cache size above with the eager steps)
                 graphs.step(tok, slots)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
