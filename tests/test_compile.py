@@ -80,7 +80,8 @@ def test_smollm2_compiles_and_matches_eager(smollm2):
             diff = (q(batch) - model(batch).logits).abs().max().item()
         assert diff <= 1e-4, batch.shape
     s = q.summary()
-    assert s["lowc_ops"]["lowc.rms_norm.default"] == 61  # 2 per layer x 30 + final
+    norms = sum(v for k, v in s["lowc_ops"].items() if "rms_norm" in k)
+    assert norms == 61  # 2 per layer x 30 + final (fuse_glue folds most into add_rms_norm)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in sd_before.items())
 
 

@@ -8,7 +8,7 @@ import torch.fx as fx
 import lowc
 import lowc.passes.fuse_glue as fuse_glue_mod
 from lowc.ir import format_graph
-from lowc.passes import PassContext, after
+from lowc.passes import PassContext
 from lowc.schemes import parse_scheme
 from lowc.tiny_models import tiny_model
 
@@ -28,9 +28,14 @@ def _scheme(name):
 def compiled():
     model = tiny_model("llama", layers=LAYERS)
     scheme = _scheme("w4a8kv4")
-    plain = lowc.compile(model, scheme=scheme, progress=False)
-    fused = lowc.compile(model, scheme=scheme, progress=False, passes=[after("kv_cache", "fuse_glue")])
+    plain = lowc.compile(model, scheme=_without_fusion(scheme), progress=False)
+    fused = lowc.compile(model, scheme=scheme, progress=False)  # every default pipeline runs fuse_glue
     return model, plain, fused
+
+
+def _without_fusion(scheme):
+    """The same scheme with fuse_glue taken out of its pipeline (the unfused baseline)."""
+    return scheme.replace(passes=tuple(p for p in scheme.passes if p != "fuse_glue"))
 
 
 def _count(gm, target) -> int:
@@ -96,8 +101,8 @@ def test_launches_per_decoder_layer(compiled):
 
 def test_float_scheme_fuses_norms_and_rope_only():
     model = tiny_model("qwen2", layers=LAYERS)
-    plain = lowc.compile(model, scheme="w16a16", progress=False)
-    fused = lowc.compile(model, scheme="w16a16", progress=False, passes=[after("kv_cache", "fuse_glue")])
+    plain = lowc.compile(model, scheme=_without_fusion(parse_scheme("w16a16")), progress=False)
+    fused = lowc.compile(model, scheme="w16a16", progress=False)
     gm = fused.graph_module
     assert _count(gm, ops.add_rms_norm.default) == 2 * LAYERS  # every norm but layer 0's input norm
     assert _count(gm, ops.rope_qkv_store.default) == LAYERS
