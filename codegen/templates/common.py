@@ -176,3 +176,25 @@ def store_tile(out_ptr, y, rn, rm, M, N, bias_ptr, HAS_BIAS: tl.constexpr):
         y = y + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[:, None]
     mask = (rn[:, None] < N) & (rm[None, :] < M)
     tl.store(out_ptr + rm[None, :] * N + rn[:, None], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# Rounding shared by the quantizing kernels (activation quantization, KV store).
+FP32_ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: (x + M) - M rounds |x| < 2**22 half to even
+
+
+@triton.jit
+def rint(x):
+    """Round half to even (torch.round) of float32 |x| < 2**22, identical on GPU and interpreter."""
+    return (x + FP32_ROUND_MAGIC) - FP32_ROUND_MAGIC
+
+
+@triton.jit
+def round_to(x, ty: tl.constexpr):
+    """float32 x rounded to nearest-even in dtype ty. bf16 is rounded through its bits because
+    Triton's interpreter truncates float32 -> bf16 casts (the GPU rounds; this agrees with both)."""
+    if ty == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+    else:
+        return x.to(ty)

@@ -19,27 +19,6 @@ one step where x/scale lies within an ulp of a rounding boundary (rare; the test
 
 # --- template body ---
 
-FP32_ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: (x + M) - M rounds |x| < 2**22 half to even
-
-
-@triton.jit
-def rint(x):
-    """Round half to even (torch.round) of float32 |x| < 2**22, identical on GPU and interpreter."""
-    return (x + FP32_ROUND_MAGIC) - FP32_ROUND_MAGIC
-
-
-@triton.jit
-def round_to(x, ty: tl.constexpr):
-    """float32 x rounded to nearest-even in dtype ty. bf16 is rounded through its bits because
-    Triton's interpreter truncates float32 -> bf16 casts (the GPU rounds; this agrees with both)."""
-    if ty == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-        return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
-    else:
-        return x.to(ty)
-
-
 @triton.jit
 def symmetric_scale(amax, QMAX: tl.constexpr):
     """absmax / qmax in float32 (IEEE); an all-zero row gets scale 1, as the reference guards it."""
