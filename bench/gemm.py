@@ -344,6 +344,7 @@ def main(argv=None):
     p.add_argument("--table-out", help="copy of the tuned config table (lowc/runtime/configs format)")
     p.add_argument("--plot", help="PNG path")
     p.add_argument("--plot-only", help="read this results JSON and only plot it")
+    p.add_argument("--bitplane", action="store_true", help="also run bench/gemm_bitplane.py's rows in this run")
     args = p.parse_args(argv)
     if args.plot_only:
         result = json.load(open(args.plot_only))
@@ -370,6 +371,13 @@ def main(argv=None):
         "formats": args.formats, "rows": rows, "seconds": time.time() - t_start,
     }
     result["summary"] = summary(result)
+    if args.bitplane:  # bit-plane formats (bench/gemm_bitplane.py): same shapes, M sweep, ceilings, baselines
+        import gemm_bitplane
+
+        gemm_bitplane.prepare(args.shapes, args.ms, gemm_bitplane.FORMATS, args.workers)
+        bp_rows = gemm_bitplane.bitplane_rows(args.shapes, args.ms, gemm_bitplane.FORMATS, ceil, l2, args.slug,
+                                              time.time() + args.tune_budget_s)
+        result["bitplane"] = {"rows": bp_rows, "summary": gemm_bitplane.summary(bp_rows, gemm_bitplane.FORMATS)}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -69,6 +69,22 @@ def precompile(jobs, workers):
         return len(jobs), sum(pool.map(_warm, chunks))
 
 
+def prepare(shapes, ms, formats, workers):
+    """Compile every candidate kernel of the sweep in parallel processes (Triton's disk cache)."""
+    from lowc.runtime import bitplane_gemm as bg
+
+    jobs = []
+    for fmt in formats:
+        for n, k in shapes:
+            for m in ms:
+                for r in bg.REALIZATIONS:
+                    if r == "binary" and m > BINARY_MAX_M:
+                        continue
+                    jobs += [(fmt, r, c.to_dict(), 1 if m == 1 else 16) for c in candidates(fmt, r, m, n, k)]
+    compiled, failed = precompile(jobs, workers)
+    print(f"precompiled {compiled} bit-plane (format, realization, config, M class), {failed} failed", flush=True)
+
+
 def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, log=print):
     """Measure every (shape, M): BF16, lowc W4A8/W8A8 and each bit-plane format's realizations."""
     import torch
@@ -201,17 +217,8 @@ def main(argv=None):
     slug = device_slug()
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 * 2**20)
-    jobs = []
-    for fmt in args.formats:
-        for n, k in shapes:
-            for m in args.ms:
-                for r in bg.REALIZATIONS:
-                    if r == "binary" and m > BINARY_MAX_M:
-                        continue
-                    jobs += [(fmt, r, c.to_dict(), 1 if m == 1 else 16) for c in candidates(fmt, r, m, n, k)]
-    compiled, failed = precompile(jobs, args.workers)
-    print(f"precompiled {compiled} (format, realization, config, M class) in {time.time() - t0:.0f}s, {failed} failed",
-          flush=True)
+    prepare(shapes, args.ms, args.formats, args.workers)
+    print(f"({time.time() - t0:.0f}s)", flush=True)
     from lowc.runtime.autotune import default_tuner
 
     base_jobs = [(fmt, default_tuner().config_for(base.spec_of(fmt), m, n, k, slug).to_dict(), 1 if m == 1 else 16)
