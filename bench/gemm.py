@@ -177,9 +177,9 @@ def tune(args, l2, slug, deadline):
     from lowc.runtime.gemm import qlinear_triton
 
     jobs = []
-    for fmt in args.formats:
+    for fmt in args.tune_formats:
         for n, k in args.shapes:
-            for m in args.ms:
+            for m in args.tune_ms:
                 for c in candidate_configs(spec_of(fmt), m, n, k):
                     jobs.append((fmt, c.to_dict(), 1 if m == 1 else 16))
     jobs = list({json.dumps(j, sort_keys=True): j for j in jobs}.values())
@@ -188,12 +188,12 @@ def tune(args, l2, slug, deadline):
     print(f"precompiled {len(jobs)} (format, config, M class) in {time.time() - t0:.0f}s, {failed} failed", flush=True)
     tuner = default_tuner()
     tuned = 0
-    for fmt in args.formats:
+    for fmt in args.tune_formats:
         spec = spec_of(fmt)
         for n, k in args.shapes:
             w0 = make_weight(fmt, n, k, 1)
             weights = [w0] + [[t.clone() for t in w0] for _ in range(copies_for(sum(t.nbytes for t in w0), l2) - 1)]
-            for m in args.ms:
+            for m in args.tune_ms:
                 if time.time() > deadline:
                     print(f"tuning stopped at the time budget ({fmt} {n}x{k} M={m})", flush=True)
                     return tuned
@@ -276,6 +276,61 @@ def measure(args, ceil, l2):
     return rows
 
 
+def gemlite_rows(args, l2):
+    """gemlite's W4A16 g128 (A16W4_HQQ_INT, fp16, its GEMV/split-K kernels with the configs it ships
+    tuned for the H100, so it does not autotune here) against cuBLAS BF16 on the same shapes, timed
+    like every other side. The peer point for "how fast does a Triton kernel stream 4-bit weights at
+    decode": gemlite has no grouped INT8-activation path for W4 (its A8W4 needs per-channel weights)."""
+    import torch
+
+    try:
+        import gemlite
+        from gemlite.core import GemLiteLinear
+        from gemlite.helper import A16W4_HQQ_INT
+
+        cfg = os.path.join(os.path.dirname(gemlite.__file__), "configs", "h100.json")
+        GemLiteLinear.load_config(cfg)
+    except Exception as e:
+        return {"error": f"gemlite import failed: {e!r}"[:300]}
+    out = {"version": getattr(gemlite, "__version__", "?"), "configs": "shipped h100.json", "rows": []}
+    for n, k in args.shapes:
+        try:
+            layers = []
+            for i in range(copies_for(n * k // 2, l2)):
+                g = torch.Generator(device="cuda").manual_seed(20 + i)
+                w_q = torch.randint(0, 16, (n, k), device="cuda", dtype=torch.uint8, generator=g)
+                scales = (torch.rand(n, k // 128, device="cuda", generator=g) * 0.01 + 0.001).half()
+                zeros = torch.full((n, k // 128), 8.0, device="cuda").half()
+                if i == 0:  # HQQ convention: W = (W_q - zeros) * scales, per group of 128 along K
+                    w_ref = ((w_q.float().view(n, k // 128, 128) - zeros.float()[..., None])
+                             * scales.float()[..., None]).view(n, k)
+                layers.append(A16W4_HQQ_INT(device="cuda", dtype=torch.float16).from_weights(w_q, scales, zeros))
+            wb = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+            wbs = [wb] + [wb.clone() for _ in range(copies_for(wb.nbytes, l2) - 1)]
+        except Exception as e:
+            out["rows"].append({"N": n, "K": k, "error": repr(e)[:300]})
+            continue
+        for m in args.gemlite_ms:
+            row = {"N": n, "K": k, "M": m}
+            try:
+                x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                xb = x.to(torch.bfloat16)
+                ref = x.float() @ w_ref.t()
+                y = layers[0](x)
+                row["rel_err_vs_dequantized"] = ((y.float() - ref).norm() / ref.norm()).item()
+                g, e = timed(Rotating(lambda layer: layer(x), [(layer,) for layer in layers]))
+                b, _ = timed(Rotating(lambda w: torch.matmul(xb, w.t()), [(w,) for w in wbs]), eager_rep=0)
+                row.update(graph_us=g, eager_us=e, bf16_graph_us=b, x_vs_bf16=b / g)
+            except Exception as ex:
+                row["error"] = repr(ex)[:300]
+            out["rows"].append(row)
+            print(f"gemlite A16W4 {n}x{k} M={m}: " + (f"{row['graph_us']:.1f}us ({row['x_vs_bf16']:.2f}x bf16)"
+                  if "graph_us" in row else row["error"]), flush=True)
+        del layers, wbs, w_ref
+        torch.cuda.empty_cache()
+    return out
+
+
 def geomean(values):
     values = [v for v in values if v]
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
@@ -345,6 +400,10 @@ def main(argv=None):
     p.add_argument("--plot", help="PNG path")
     p.add_argument("--plot-only", help="read this results JSON and only plot it")
     p.add_argument("--bitplane", action="store_true", help="also run bench/gemm_bitplane.py's rows in this run")
+    p.add_argument("--tune-formats", nargs="*", help="formats to tune (default: --formats)")
+    p.add_argument("--tune-ms", nargs="*", type=int, help="M values to tune (default: --ms)")
+    p.add_argument("--gemlite", action="store_true", help="also time gemlite's W4A16 g128 (peer kernel, if importable)")
+    p.add_argument("--gemlite-ms", nargs="*", type=int, default=[1, 16])
     args = p.parse_args(argv)
     if args.plot_only:
         result = json.load(open(args.plot_only))
@@ -356,6 +415,8 @@ def main(argv=None):
     from lowc.runtime.autotune import default_tuner, device_slug
 
     args.shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    args.tune_formats = args.tune_formats if args.tune_formats is not None else args.formats
+    args.tune_ms = args.tune_ms if args.tune_ms is not None else args.ms
     args.slug = device_slug()
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 * 2**20)
@@ -371,6 +432,8 @@ def main(argv=None):
         "formats": args.formats, "rows": rows, "seconds": time.time() - t_start,
     }
     result["summary"] = summary(result)
+    if args.gemlite:
+        result["gemlite"] = gemlite_rows(args, l2)
     if args.bitplane:  # bit-plane formats (bench/gemm_bitplane.py): same shapes, M sweep, ceilings, baselines
         import gemm_bitplane
 

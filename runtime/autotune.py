@@ -41,6 +41,8 @@ SHIPPED_DIR = Path(__file__).parent / "configs"
 TABLE_VERSION = 1
 MAX_M_BUCKET = 8192
 POLICIES = ("miss", "off")
+GEMV_MAX_BM = 16  # the CUDA-core decode kernel unrolls its token loop: a few tokens per program
+GEMV_DEFAULT_MAX_M = 4  # without a table entry, M up to this runs the decode kernel
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class TileConfig:
     num_stages: int = 3
     GROUP_M: int = 8
     DEQUANT_FIRST: int = 0  # w4a8 only: dequantize W to INT8 once, then the W8A8 kernel (large M)
+    GEMV: int = 0  # w4a8_g only: the CUDA-core dp4a decode kernel (M <= 16); BM = tokens per program
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -76,10 +79,18 @@ class TileConfig:
         for name in ("BM", "BN", "BK", "GROUP_M", "num_warps"):
             if not pow2(getattr(self, name)):
                 problems.append(f"{name}={getattr(self, name)} is not a power of two")
-        if self.BM < 16 or self.BN < 16:
-            problems.append("BM and BN must be >= 16 (tensor-core tile)")
-        if self.BK < 32:
-            problems.append("BK must be >= 32 (one INT8 MMA K-step; 16 packed bytes)")
+        if self.GEMV:
+            if spec.family != "w4a8_g":
+                problems.append("GEMV exists only for the w4a8_g family")
+            if self.BM > GEMV_MAX_BM or self.DEQUANT_FIRST:
+                problems.append(f"GEMV takes BM <= {GEMV_MAX_BM} tokens per program and no DEQUANT_FIRST")
+            if spec.group_size and (spec.group_size % 8 or self.BK % spec.group_size):
+                problems.append(f"GEMV needs BK a multiple of the group ({spec.group_size}), itself a multiple of 8")
+        else:
+            if self.BM < 16 or self.BN < 16:
+                problems.append("BM and BN must be >= 16 (tensor-core tile)")
+            if self.BK < 32:
+                problems.append("BK must be >= 32 (one INT8 MMA K-step; 16 packed bytes)")
         if spec.family == "w4a4" and self.BK != spec.group_size:
             problems.append(f"w4a4 scales each group's partial sum, so BK must equal the group ({spec.group_size})")
         if self.DEQUANT_FIRST and spec.family not in ("w4a8_g", "w4a8_pc"):
@@ -129,8 +140,31 @@ def _split_for(tiles: int, k_tiles: int, sms: int) -> int:
     return split
 
 
-def default_config(spec: KernelSpec, m: int, n: int, k: int) -> TileConfig:
-    """A rule of thumb used when no table has an entry (see docs/kernels.md for the reasoning)."""
+def _gemv_split(tiles: int, k_tiles: int, sms: int) -> int:
+    """Smallest split that puts >= 4 programs per SM in flight (the decode kernel is latency-bound
+    per program: bytes in flight, not tiles, fill the memory pipe), at most one split per K tile."""
+    split = 1
+    while tiles * split < 4 * sms and split * 2 <= k_tiles:
+        split *= 2
+    return split
+
+
+def gemv_config(spec: KernelSpec, m: int, n: int, k: int, bn: int = 32, bk: int = 512, warps: int = 4,
+                stages: int = 1, split: int | None = None) -> TileConfig:
+    """A config of the CUDA-core decode kernel (w4a8_g, M <= GEMV_MAX_BM): BM = M's bucket."""
+    bm = min(GEMV_MAX_BM, m_bucket(m))
+    bk = max(bk, spec.group_size)
+    if split is None:
+        split = _gemv_split(-(-m // bm) * -(-n // bn), -(-k // bk), _sm_count())
+    return TileConfig(bm, bn, bk, split, warps, stages, GEMV=1).check(spec)
+
+
+def default_config(spec: KernelSpec, m: int, n: int, k: int, allow_gemv: bool = True) -> TileConfig:
+    """A rule of thumb used when no table has an entry (see docs/kernels.md for the reasoning).
+    allow_gemv=False: a tensor-core config even where the decode kernel would be the rule (the
+    launcher's choice when x cannot be read as 8-byte words)."""
+    if allow_gemv and spec.family == "w4a8_g" and m <= GEMV_DEFAULT_MAX_M:
+        return gemv_config(spec, m, n, k)
     bk = 128 if spec.family != "w4a4" else spec.group_size
     if m <= 16:
         bm, bn, warps, stages = 16, 64, 4, 4
@@ -183,6 +217,8 @@ def candidate_configs(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConf
         for bm, bn, warps in tiles:
             for stages in (3, 4):
                 out.append(TileConfig(bm, bn, bk, 1, warps, stages))
+    if spec.family == "w4a8_g" and m <= GEMV_MAX_BM:
+        out += gemv_candidates(spec, m, n, k)
     if two_pass and m >= 128:
         out += [TileConfig(128, 128, 128, 1, 8, 3, DEQUANT_FIRST=1), TileConfig(128, 128, 128, 1, 8, 4, DEQUANT_FIRST=1),
                 TileConfig(256, 128, 128, 1, 8, 3, DEQUANT_FIRST=1)]
@@ -195,6 +231,19 @@ def candidate_configs(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConf
         except KernelError:
             pass
     return valid
+
+
+def gemv_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig]:
+    """The decode kernel's search space: channel x K tiles of 8-32 KB of codes, the split that gives
+    four programs per SM and its neighbours, unpipelined (one or two tiles per program) or 3 stages."""
+    out = []
+    for bn, bk, warps in ((16, 1024, 4), (32, 512, 4), (32, 1024, 4), (64, 256, 4), (64, 512, 4), (64, 512, 8)):
+        if bk < spec.group_size:
+            continue
+        base = gemv_config(spec, m, n, k, bn, bk, warps).SPLIT_K
+        for split, stages in ((max(1, base // 2), 1), (base, 1), (base, 3), (min(base * 2, max(1, -(-k // bk))), 1)):
+            out.append(gemv_config(spec, m, n, k, bn, bk, warps, stages, split))
+    return list(dict.fromkeys(out))
 
 
 class ConfigTable:

@@ -24,7 +24,7 @@ import torch
 
 from lowc.codegen.spec import KernelSpec, spec_for_qlinear
 from lowc.errors import KernelError, QuantizationError
-from lowc.runtime.autotune import Autotuner, TileConfig, default_tuner, device_slug
+from lowc.runtime.autotune import Autotuner, TileConfig, default_config, default_tuner, device_slug
 from lowc.runtime.kernel_cache import KernelCache, LoadedKernel, default_cache
 
 MIN_CAPABILITY = (8, 0)
@@ -109,7 +109,11 @@ def qlinear_triton(
     bias_arg = bias.contiguous() if bias is not None else out
 
     def launch(cfg: TileConfig) -> None:
-        if cfg.DEQUANT_FIRST:
+        if cfg.GEMV and not _gemv_fits(x2, k):
+            cfg = default_config(spec, m, n, k, allow_gemv=False)
+        if cfg.GEMV:
+            _launch_gemv(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, bias is not None, out, m, n, k, kw)
+        elif cfg.DEQUANT_FIRST:
             _launch_dequant_first(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, bias is not None, out, m, n, k, kw)
         else:
             _launch(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, bias is not None, out, m, n, k, kw)
@@ -149,6 +153,34 @@ def _launch(loaded: LoadedKernel, cfg, spec, cache, x2, sx, weight, bias_arg, ha
     except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
         raise KernelError(
             f"Triton kernel {spec.name} failed with {cfg} ({type(e).__name__}: {e}); kernel file: {loaded.path}"
+        ) from e
+
+
+def _gemv_fits(x2: torch.Tensor, k: int) -> bool:
+    """The GEMV kernel reads x as 8-byte words: K, the row stride and the address must allow it
+    (a stored GEMV config for another shape may meet an x that does not; then the default runs)."""
+    return k % 8 == 0 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 8 == 0
+
+
+def _launch_gemv(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, has_bias, out, m, n, k, kw) -> None:
+    """Decode on the CUDA cores (`gemv_kernel` of the w4a8_g template): grid and split-K as `_launch`."""
+    grid = (-(-m // cfg.BM) * -(-n // cfg.BN), cfg.SPLIT_K)
+    if cfg.SPLIT_K > 1:
+        ws = cache.scratch("splitk_partial_sums", out.device, torch.int32, m * n)
+        tickets = cache.scratch("splitk_tickets", out.device, torch.int32, grid[0])
+    else:
+        ws = tickets = out
+    try:
+        loaded.module.gemv_kernel[grid](
+            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, kw, k // 8, x2.stride(0) // 8, kw // 8,
+            HAS_BIAS=has_bias, EVEN_K=_even_k(spec, k, kw, cfg.BK), FAST=out.device.type == "cuda",
+            BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    except Exception as e:
+        raise KernelError(
+            f"Triton kernel {spec.name} (gemv_kernel) failed with {cfg} ({type(e).__name__}: {e}); "
+            f"kernel file: {loaded.path}"
         ) from e
 
 

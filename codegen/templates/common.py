@@ -198,3 +198,60 @@ def round_to(x, ty: tl.constexpr):
         return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
     else:
         return x.to(ty)
+
+
+# -- CUDA-core (dp4a) decode path: the GEMV kernels of the 4-bit integer templates ------------------
+
+
+@triton.jit
+def even_odd_bytes(xa, xb, FAST: tl.constexpr):
+    """Eight int8 values x0..x7 held as two int32 (xa = x0..x3, xb = x4..x7, lane i = bits 8i) ->
+    (x0 x2 x4 x6, x1 x3 x5 x7): the activation lanes that meet the low and the high nibbles of a
+    code word (`u4_nibble_lanes`). One `prmt` each on the GPU; masks and shifts otherwise."""
+    if FAST:
+        xe = tl.inline_asm_elementwise(asm="prmt.b32 $0, $1, $2, 0x6420;", constraints="=r,r,r",
+                                       args=[xa, xb], dtype=tl.int32, is_pure=True, pack=1)
+        xo = tl.inline_asm_elementwise(asm="prmt.b32 $0, $1, $2, 0x7531;", constraints="=r,r,r",
+                                       args=[xa, xb], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        xe = (xa & 0xFF) | ((xa >> 8) & 0xFF00) | ((xb << 16) & 0xFF0000) | ((xb << 8) & -16777216)
+        xo = ((xa >> 8) & 0xFF) | ((xa >> 16) & 0xFF00) | ((xb << 8) & 0xFF0000) | (xb & -16777216)
+    return xe, xo
+
+
+@triton.jit
+def u4_nibble_lanes(words):
+    """int32 code words (eight uint4 codes, code i in bits 4i..4i+3) -> (codes 0 2 4 6, codes 1 3 5 7),
+    each as four unsigned byte lanes. Two masks and a shift: the codes stay in their packed order."""
+    return words & 0x0F0F0F0F, (words >> 4) & 0x0F0F0F0F
+
+
+@triton.jit
+def _dp4a_emulated(a, b):
+    """sum_i unsigned byte i of a * signed byte i of b (plain integer ops; what `dp4a.u32.s32` does)."""
+    s = (a & 0xFF) * ((b << 24) >> 24)
+    s += ((a >> 8) & 0xFF) * ((b << 16) >> 24)
+    s += ((a >> 16) & 0xFF) * ((b << 8) >> 24)
+    s += ((a >> 24) & 0xFF) * (b >> 24)
+    return s
+
+
+@triton.jit
+def dot8_u4_i8(lo, hi, xe, xo, FAST: tl.constexpr):
+    """Exact int32 sum of eight products code * x: lo/hi from `u4_nibble_lanes` (unsigned lanes),
+    xe/xo from `even_odd_bytes` (signed lanes). Two chained `dp4a` on the GPU."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 t;
+            dp4a.u32.s32 t, $1, $3, 0;
+            dp4a.u32.s32 $0, $2, $4, t;
+            }""",
+            constraints="=r,r,r,r,r",
+            args=[lo, hi, xe, xo],
+            dtype=tl.int32,
+            is_pure=True,
+            pack=1,
+        )
+    else:
+        return _dp4a_emulated(lo, xe) + _dp4a_emulated(hi, xo)

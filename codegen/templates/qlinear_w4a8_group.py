@@ -14,6 +14,16 @@ codes per register (`u4_words_to_i8`): products q * s1 <= 15 * 16 = 240 fit a by
 every lane's final value stays in 0..255 and all four lanes add the same c, adding c (or
 subtracting |c|) never carries or borrows across lanes.
 
+Decode (M <= 16): a config with GEMV runs `gemv_kernel`, which never forms w8 and uses no tensor
+cores. The weight is the only real traffic there, so the kernel streams it in 16-byte loads of
+int32 code words (eight codes each) and keeps the arithmetic near one instruction per four
+weights: the two nibbles of a word are masked into two registers of four unsigned byte lanes
+(codes 0 2 4 6 and 1 3 5 7, `u4_nibble_lanes`), the eight activations of the word are permuted
+into the matching lanes once per token (`even_odd_bytes`), and two `dp4a` give sum q*x over the
+word. Per group the level-1 parameters are applied once, to the sums:
+    sum_k (q*s1 - zs1) * x = s1 * sum_k q*x - zs1 * sum_k x,
+the same integer as the tensor-core path's sum_k w8 * x (all int32, exact).
+
 Large M: a config with DEQUANT_FIRST runs `dequant_kernel` once (w8 into an int8 [N, Kp] buffer)
 and then the W8A8 kernel, whose epilogue (acc * s_x * s) is this one with s = s0.
 """
@@ -95,6 +105,75 @@ def qlinear_kernel(
         mask = (rn[:, None] < N) & (rm[None, :] < M)
         tile_id = pid_m * tl.cdiv(N, BN) + pid_n
         acc, is_last = splitk_reduce(acc, ws_ptr, cnt_ptr, tile_id, offs, mask, SPLIT_K)
+        if is_last:
+            epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
+
+
+
+@triton.jit
+def gemv_kernel(
+    x_ptr, sx_ptr, qw_ptr, s1_ptr, zs1_ptr, s0_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
+    M, N, KW, KX8, stride_xm8, stride_w32,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, FAST: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    """Decode (M <= 16) on the CUDA cores: no dequantized weight, no tensor cores (module docstring).
+
+    Program (pid 0) = BN output channels x BM tokens, split pid 1 of SPLIT_K over the K tiles. The
+    weight tile [BN, groups, words of a group] is read as int32 code words (eight codes, 16-byte
+    loads); x as int64 words (eight int8 values, KX8 = K / 8 of them per row, stride_xm8 per row)."""
+    WPG: tl.constexpr = GROUP_SIZE // 8  # code words per group
+    GPT: tl.constexpr = BK // GROUP_SIZE  # groups per K tile
+    num_n = tl.cdiv(N, BN)
+    pid_n = tl.program_id(0) % num_n
+    pid_m = tl.program_id(0) // num_n
+    rn = pid_n * BN + tl.arange(0, BN)
+    rn_ld = rn % N
+    rm = pid_m * BM + tl.arange(0, BM)
+    rg = tl.arange(0, GPT)
+    rj = tl.arange(0, WPG)
+    n_groups = KW // GROUP_SIZE
+    qw32 = qw_ptr.to(tl.pointer_type(tl.int32))
+    x64 = x_ptr.to(tl.pointer_type(tl.int64))
+    k_first, k_last = split_range(tl.program_id(1), tl.cdiv(KW, BK), SPLIT_K)
+    acc = tl.zeros((BN, BM), dtype=tl.int32)
+    for kt in range(k_first, k_last):
+        g = kt * GPT + rg
+        w_ptrs = qw32 + rn_ld[:, None, None] * stride_w32 + g[None, :, None] * WPG + rj[None, None, :]
+        p_ptrs = rn_ld[:, None] * n_groups + g[None, :]
+        if EVEN_K:
+            words = tl.load(w_ptrs)
+            s1 = tl.load(s1_ptr + p_ptrs).to(tl.int32)
+            zs1 = tl.load(zs1_ptr + p_ptrs).to(tl.int32)
+        else:
+            words = tl.load(w_ptrs, mask=g[None, :, None] < n_groups, other=0)
+            s1 = tl.load(s1_ptr + p_ptrs, mask=g[None, :] < n_groups, other=0).to(tl.int32)
+            zs1 = tl.load(zs1_ptr + p_ptrs, mask=g[None, :] < n_groups, other=0).to(tl.int32)
+        lo, hi = u4_nibble_lanes(words)
+        xw_off = g[:, None] * WPG + rj[None, :]
+        for i in tl.static_range(BM):
+            x_ptrs = x64 + tl.minimum(pid_m * BM + i, M - 1) * stride_xm8 + xw_off
+            if EVEN_K:
+                xw = tl.load(x_ptrs)
+            else:
+                xw = tl.load(x_ptrs, mask=xw_off < KX8, other=0)
+            xa = xw.to(tl.int32)
+            xb = (xw >> 32).to(tl.int32)
+            xe, xo = even_odd_bytes(xa, xb, FAST)
+            # Per group: sum_k q*x (two dp4a per word), then s1 * that - zs1 * sum_k x, which is
+            # sum_k (q*s1 - zs1) * x = sum_k w8 * x exactly (integer arithmetic throughout).
+            qx = tl.sum(dot8_u4_i8(lo, hi, xe[None, :, :], xo[None, :, :], FAST), axis=2)
+            ones = tl.full((GPT, WPG), 0x01010101, tl.int32)
+            xsum = tl.sum(dot8_u4_i8(ones, ones, xa, xb, FAST), axis=1)
+            part = tl.sum(qx * s1 - zs1 * xsum[None, :], axis=1)
+            acc += tl.where(tl.arange(0, BM)[None, :] == i, part[:, None], 0)
+
+    if SPLIT_K == 1:
+        epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
+    else:
+        offs = rm[None, :] * N + rn[:, None]
+        mask = (rn[:, None] < N) & (rm[None, :] < M)
+        acc, is_last = splitk_reduce(acc, ws_ptr, cnt_ptr, tl.program_id(0), offs, mask, SPLIT_K)
         if is_last:
             epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
 

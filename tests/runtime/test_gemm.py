@@ -147,6 +147,46 @@ def test_split_k_leaves_scratch_zeroed_and_repeats_exactly(cache):
         assert int(buf.abs().sum()) == 0, purpose
 
 
+# The CUDA-core decode kernel (GEMV=1, w4a8_g only): BM tokens per program, any split; K must be a
+# multiple of 8 (x read as 8-byte words). Odd M and N, K not a multiple of BK, M over several tiles.
+GEMV_CASES = [
+    ("w4a8_g128", (1, 19, 328), TileConfig(1, 16, 128, GEMV=1)),
+    ("w4a8_g128", (5, 37, 512), TileConfig(4, 16, 256, SPLIT_K=2, GEMV=1)),
+    ("w4a8_g32", (3, 21, 200), TileConfig(2, 8, 64, SPLIT_K=3, num_stages=1, GEMV=1)),
+]
+
+
+@pytest.mark.parametrize("fmt,shape,config", GEMV_CASES, ids=lambda v: str(v) if not isinstance(v, TileConfig) else "")
+def test_gemv_accumulator_equals_reference_exactly(cache, fmt, shape, config):
+    m, n, k = shape
+    _, weight, xq, sx, _ = make_case(fmt, m, n, k, seed=13)
+    acc = gemm.qlinear_triton(xq, sx, weight, None, fmt, torch.int32, config=config, cache=cache)
+    ref = cache.get(spec_for_qlinear(fmt, torch.int8, torch.int32)).reference(xq, sx, weight, None, torch.int32)
+    assert torch.equal(acc, ref)
+
+
+def test_gemv_float_output_equals_the_tensor_core_kernel(cache):
+    # Same INT32 accumulator, same epilogue: the float outputs of the two kernels are identical.
+    _, weight, xq, sx, bias = make_case("w4a8_g128", 3, 41, 264, seed=14)
+    args = (xq, sx, weight, bias, "w4a8_g128", torch.bfloat16)
+    y = gemm.qlinear_triton(*args, config=TileConfig(2, 16, 128, SPLIT_K=2, GEMV=1), cache=cache)
+    assert torch.equal(y, gemm.qlinear_triton(*args, config=CONFIGS[0], cache=cache))
+
+
+def test_gemv_config_falls_back_when_x_is_not_word_aligned(cache):
+    # K = 201 is no multiple of 8: a stored GEMV config must not be used; the tensor-core kernel runs.
+    _, weight, xq, sx, _ = make_case("w4a8_g128", 2, 19, 201, seed=15)
+    acc = gemm.qlinear_triton(xq, sx, weight, None, "w4a8_g128", torch.int32, config=TileConfig(1, 16, 128, GEMV=1), cache=cache)
+    ref = cache.get(spec_for_qlinear("w4a8_g128", torch.int8, torch.int32)).reference(xq, sx, weight, None, torch.int32)
+    assert torch.equal(acc, ref)
+
+
+def test_gemv_config_is_only_for_w4a8_group(cache):
+    _, weight, xq, sx, _ = make_case("w8a8", 2, 8, 64)
+    with pytest.raises(KernelError, match="GEMV exists only"):
+        gemm.qlinear_triton(xq, sx, weight, None, "w8a8", torch.float32, config=TileConfig(1, 16, 64, GEMV=1), cache=cache)
+
+
 def test_weight_packed_for_another_k_is_rejected(cache):
     _, weight, xq, sx, _ = make_case("w4a8_g128", 2, 8, 256)
     with pytest.raises(QuantizationError, match="packed for another in_features"):
@@ -234,6 +274,37 @@ def test_gpu_w4a8_strategies_are_exact(fmt, config):
     acc = gemm.qlinear_triton(xq, sx, weight, None, fmt, torch.int32, config=config)
     raw = gemm.default_cache().get(spec_for_qlinear(fmt, torch.int8, torch.int32))
     assert torch.equal(acc, raw.reference(xq, sx, weight, None, torch.int32))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("nk", LLAMA_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_gpu_gemv_is_exact(nk, m):
+    """The CUDA-core decode kernel (inline PTX: prmt + dp4a) bit for bit, with and without split-K."""
+    from lowc.runtime.autotune import gemv_config
+
+    n, k = nk
+    packed, weight, xq, sx, _ = make_case("w4a8_g128", m, n, k, seed=20 + m, device="cuda")
+    raw = gemm.default_cache().get(spec_for_qlinear("w4a8_g128", torch.int8, torch.int32))
+    ref = raw.reference(xq, sx, weight, None, torch.int32)
+    spec = spec_for_qlinear("w4a8_g128", torch.int8, torch.int32)
+    for cfg in (gemv_config(spec, m, n, k), TileConfig(4 if m == 3 else m, 64, 512, SPLIT_K=1, num_stages=3, GEMV=1)):
+        acc = gemm.qlinear_triton(xq, sx, weight, None, "w4a8_g128", torch.int32, config=cfg)
+        assert torch.equal(acc, ref), cfg
+
+
+@pytest.mark.gpu
+def test_gpu_gemv_split_k_replays_in_a_cuda_graph():
+    packed, weight, xq, sx, _ = make_case("w4a8_g128", 1, 4096, 4096, seed=21, device="cuda")
+    cfg = TileConfig(1, 32, 512, SPLIT_K=8, num_stages=1, GEMV=1)
+    expected = gemm.qlinear_triton(xq, sx, weight, None, "w4a8_g128", torch.int32, config=cfg)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = gemm.qlinear_triton(xq, sx, weight, None, "w4a8_g128", torch.int32, config=cfg)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, expected)
 
 
 @pytest.mark.gpu
