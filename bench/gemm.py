@@ -173,14 +173,22 @@ def tune(args, l2, slug, deadline):
     """Autotune every (format, shape, M); returns the number of entries tuned."""
     import torch
 
-    from lowc.runtime.autotune import candidate_configs, default_tuner
+    from lowc.runtime.autotune import candidate_configs, default_tuner, gemv_candidates
     from lowc.runtime.gemm import qlinear_triton
+
+    def candidates(fmt, m, n, k):
+        """All candidates, or with --tune-gemv-only the decode kernel's space against the stored choice."""
+        spec = spec_of(fmt)
+        if not args.tune_gemv_only:
+            return candidate_configs(spec, m, n, k)
+        stored = default_tuner().lookup(spec, m, n, k, slug)
+        return ([stored] if stored else []) + gemv_candidates(spec, m, n, k)
 
     jobs = []
     for fmt in args.tune_formats:
         for n, k in args.shapes:
             for m in args.tune_ms:
-                for c in candidate_configs(spec_of(fmt), m, n, k):
+                for c in candidates(fmt, m, n, k):
                     jobs.append((fmt, c.to_dict(), 1 if m == 1 else 16))
     jobs = list({json.dumps(j, sort_keys=True): j for j in jobs}.values())
     t0 = time.time()
@@ -206,7 +214,7 @@ def tune(args, l2, slug, deadline):
                                   [(w,) for w in weights])
                     return do_bench_cudagraph(fn, rep=10, return_mode="median") * 1e-3
 
-                best = tuner.tune(spec, m, n, k, slug, bench)
+                best = tuner.tune(spec, m, n, k, slug, bench, candidates=candidates(fmt, m, n, k))
                 tuned += 1
                 print(f"tuned {fmt} {n}x{k} M={m}: {best}", flush=True)
             del weights
@@ -402,6 +410,8 @@ def main(argv=None):
     p.add_argument("--bitplane", action="store_true", help="also run bench/gemm_bitplane.py's rows in this run")
     p.add_argument("--tune-formats", nargs="*", help="formats to tune (default: --formats)")
     p.add_argument("--tune-ms", nargs="*", type=int, help="M values to tune (default: --ms)")
+    p.add_argument("--tune-gemv-only", action="store_true",
+                   help="tune w4a8_g's decode-kernel configs against the stored choice only (M <= 16)")
     p.add_argument("--gemlite", action="store_true", help="also time gemlite's W4A16 g128 (peer kernel, if importable)")
     p.add_argument("--gemlite-ms", nargs="*", type=int, default=[1, 16])
     args = p.parse_args(argv)

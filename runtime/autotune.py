@@ -42,6 +42,7 @@ TABLE_VERSION = 1
 MAX_M_BUCKET = 8192
 POLICIES = ("miss", "off")
 GEMV_MAX_BM = 16  # the CUDA-core decode kernel unrolls its token loop: a few tokens per program
+GEMV_MAX_BK = 16384  # codes per row and program in the decode kernel (whole-K tiles up to K = 16K)
 GEMV_DEFAULT_MAX_M = 4  # without a table entry, M up to this runs the decode kernel
 
 
@@ -243,6 +244,16 @@ def gemv_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig
         base = gemv_config(spec, m, n, k, bn, bk, warps).SPLIT_K
         for split, stages in ((max(1, base // 2), 1), (base, 1), (base, 3), (min(base * 2, max(1, -(-k // bk))), 1)):
             out.append(gemv_config(spec, m, n, k, bn, bk, warps, stages, split))
+    # Whole K (or half of it) per program, a few channels each: every load of the launch is issued
+    # at once and no program waits on a second tile or (split 1) on the split-K tickets, which at
+    # N*K = 16-25M codes cost more than the bytes. Capped at 32 code words per thread.
+    k_pow2 = 1 << max(0, k - 1).bit_length()
+    for split, bk in ((1, min(k_pow2, GEMV_MAX_BK)), (2, min(k_pow2 // 2, GEMV_MAX_BK))):
+        if bk < max(spec.group_size, 1024):
+            continue
+        for bn, warps in ((4, 4), (4, 8), (8, 4), (8, 8), (16, 8)):
+            if bn * bk // 8 <= 32 * 32 * warps:
+                out.append(gemv_config(spec, m, n, k, bn, bk, warps, 1, split))
     return list(dict.fromkeys(out))
 
 

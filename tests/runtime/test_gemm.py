@@ -153,6 +153,7 @@ GEMV_CASES = [
     ("w4a8_g128", (1, 19, 328), TileConfig(1, 16, 128, GEMV=1)),
     ("w4a8_g128", (5, 37, 512), TileConfig(4, 16, 256, SPLIT_K=2, GEMV=1)),
     ("w4a8_g32", (3, 21, 200), TileConfig(2, 8, 64, SPLIT_K=3, num_stages=1, GEMV=1)),
+    ("w4a8_g128", (2, 9, 328), TileConfig(2, 4, 512, num_warps=8, num_stages=1, GEMV=1)),  # whole K, masked
 ]
 
 
@@ -288,7 +289,9 @@ def test_gpu_gemv_is_exact(nk, m):
     raw = gemm.default_cache().get(spec_for_qlinear("w4a8_g128", torch.int8, torch.int32))
     ref = raw.reference(xq, sx, weight, None, torch.int32)
     spec = spec_for_qlinear("w4a8_g128", torch.int8, torch.int32)
-    for cfg in (gemv_config(spec, m, n, k), TileConfig(4 if m == 3 else m, 64, 512, SPLIT_K=1, num_stages=3, GEMV=1)):
+    bm = 4 if m == 3 else m
+    whole_k = TileConfig(bm, 4, 1 << (k - 1).bit_length(), num_warps=8, num_stages=1, GEMV=1)  # K=14336: masked
+    for cfg in (gemv_config(spec, m, n, k), TileConfig(bm, 64, 512, SPLIT_K=1, num_stages=3, GEMV=1), whole_k):
         acc = gemm.qlinear_triton(xq, sx, weight, None, "w4a8_g128", torch.int32, config=cfg)
         assert torch.equal(acc, ref), cfg
 
