@@ -13,9 +13,10 @@ on a BF16 cache; lowc reads its own cache layout (lowc.ops.kv_ops) through lowc.
 The floor of each side is the bytes it must read (K and V data, scales and zeros, q, and the output
 written) over the device-to-device copy bandwidth measured in the same run (bytes read + written per
 second): `floor %` = floor time / measured time. For lowc the table gives the default launch
-configuration and the best of a small sweep (BLOCK_N x warps x stages x splits). With --launches it
-also counts the CUDA kernels one decoder layer launches in a decode step of a compiled w4a8kv4 model
-(profiled difference between a 2-layer and a 1-layer model), with and without the fuse_glue pass.
+configuration, the previous default, and the best of a small sweep (BLOCK_N x warps x stages x splits
+x MMA rows x register cap). With --launches it also counts the CUDA kernels one decoder layer launches
+in a decode step of a compiled w4a8kv4 model (profiled difference between a 2-layer and a 1-layer
+model), with and without the fuse_glue pass.
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 BATCHES = (16, 64)
 LENGTHS = (1024, 4096, 16384)
 L2_FLUSH_BYTES = 256 * 2**20  # rotate over copies until one pass of the graph reads this much
-CONFIG_SWEEP = [  # (BLOCK_N, num_warps, num_stages, split multiplier over the default, unpack_asm); first = default
-    (128, 4, 3, 1, True), (64, 4, 3, 1, True), (64, 8, 3, 1, True), (128, 8, 3, 1, True), (32, 4, 3, 1, True),
-    (128, 4, 2, 1, True), (256, 4, 2, 1, True), (128, 4, 3, 2, True), (128, 4, 3, 1, False),
+CONFIG_SWEEP = [  # (BLOCK_N, warps, stages, split multiplier, unpack_asm, block_h, maxnreg); first = default
+    (128, 4, None, 1, True, 8, 128),  # stages None: the format's default (DEFAULT_STAGES)
+    (128, 4, 3, 1, True, 16, None),  # the previous default ("before" column)
+    (128, 4, 3, 1, True, 8, None), (128, 4, 3, 1, True, 16, 128), (128, 4, 3, 1, True, 4, 128),
+    (128, 4, 2, 1, True, 8, 128), (256, 8, 2, 1, True, 8, 128), (128, 4, 3, 2, True, 8, 128),
 ]
+BEFORE = 1  # index of the previous default in CONFIG_SWEEP
 
 
 def cache_bytes(fmt: str, b: int, s: int) -> int:
@@ -144,7 +148,7 @@ def bench_ms(fn) -> float:
 
 
 def run_attention(quick: bool) -> dict:
-    from lowc.runtime.attention import DecodeConfig, default_splits
+    from lowc.runtime.attention import DEFAULT_STAGES, DecodeConfig, default_splits
 
     bw, copy_bw = bandwidths()
     print(f"read bandwidth {bw / 1e12:.2f} TB/s, copy {copy_bw / 1e12:.2f} TB/s", flush=True)
@@ -162,20 +166,23 @@ def run_attention(quick: bool) -> dict:
             auto = default_splits(b * KV_HEADS, s, q.device, 64)
             for fmt in ("kv4", "kv8"):
                 make, check = lowc_case(fmt, b, s, q)
-                sweep = CONFIG_SWEEP[:1] if quick else CONFIG_SWEEP
+                sweep = CONFIG_SWEEP[:BEFORE + 1] if quick else CONFIG_SWEEP
                 results = []
-                for bn, warps, stages, mult, asm in sweep:
+                for bn, warps, stages, mult, asm, block_h, maxnreg in sweep:
                     if fmt != "kv4" and not asm:
                         continue  # the unpacking choice only exists for kv4
                     splits = max(1, default_splits(b * KV_HEADS, s, q.device, bn) * mult)
-                    cfg = DecodeConfig(BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm)
+                    cfg = DecodeConfig(BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm,
+                                       block_h=block_h, maxnreg=maxnreg)
                     try:
                         t = bench_ms(make(cfg))
                         err = check(cfg) if s <= 4096 else None
                     except Exception as e:  # a config that does not compile or fit: record and go on
                         print(f"  {fmt} {cfg}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                         continue
-                    results.append({"config": [bn, warps, stages, splits, asm], "us": t * 1e3, "rel_err": err})
+                    results.append({"config": [bn, warps, stages or DEFAULT_STAGES[fmt], splits, asm, block_h, maxnreg],
+                                    "us": t * 1e3,
+                                    "rel_err": err})
                 best = min((r for r in results if r["rel_err"] is None or r["rel_err"] < 2e-2), key=lambda r: r["us"])
                 nbytes = cache_bytes(fmt, b, s)
                 row[fmt] = {
@@ -184,6 +191,7 @@ def run_attention(quick: bool) -> dict:
                     "floor_pct_best": 100 * nbytes / bw / (best["us"] * 1e-6),
                     "speedup_default": row["sdpa_bf16"]["us"] / results[0]["us"],
                     "speedup_best": row["sdpa_bf16"]["us"] / best["us"], "rel_err": results[0]["rel_err"], "sweep": results,
+                    "before_us": results[BEFORE]["us"], "speedup_before": row["sdpa_bf16"]["us"] / results[BEFORE]["us"],
                     "default_splits": auto,
                 }
                 del make, check
@@ -241,16 +249,18 @@ def table(result: dict) -> str:
         f"Device: {result.get('device', '?')}; torch {result.get('torch', '?')}, Triton {result.get('triton', '?')}; "
         f"read bandwidth {bw:.2f} TB/s (4 GiB sum), copy {result['copy_bw_bytes_per_s'] / 1e12:.2f} TB/s (read + write). "
         "Times in µs (CUDA-graph replay, median); floor % = (bytes read / read bandwidth) / time; speed-up = SDPA "
-        "time / lowc time; config = [BLOCK_N, warps, stages, splits, inline-PTX unpack].",
+        "time / lowc time; before = the previous default launch (16 MMA rows, no register cap) in the same run; "
+        "config = [BLOCK_N, warps, stages, splits, inline-PTX unpack, block_h, maxnreg].",
         "",
-        "| B | S | SDPA BF16 µs (floor %) | KV4 default µs (floor %, ×SDPA) | KV4 best µs (floor %, ×SDPA) [config] | KV8 default µs (floor %, ×SDPA) | KV8 best µs (floor %, ×SDPA) [config] |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| B | S | SDPA BF16 µs (floor %) | KV4 before µs (×SDPA) | KV4 default µs (floor %, ×SDPA) | KV4 best µs (floor %, ×SDPA) [config] | KV8 before µs (×SDPA) | KV8 default µs (floor %, ×SDPA) | KV8 best µs (floor %, ×SDPA) [config] |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["rows"]:
         sd = r["sdpa_bf16"]
         cells = [str(r["B"]), str(r["S"]), f"{sd['us']:.1f} ({sd['floor_pct']:.0f}%)"]
         for fmt in ("kv4", "kv8"):
             x = r[fmt]
+            cells.append(f"{x['before_us']:.1f} ({x['speedup_before']:.2f}×)" if "before_us" in x else "–")
             cells.append(f"{x['default_us']:.1f} ({x['floor_pct_default']:.0f}%, {x['speedup_default']:.2f}×)")
             cells.append(f"{x['best_us']:.1f} ({x['floor_pct_best']:.0f}%, {x['speedup_best']:.2f}×) {x['best_config']}")
         lines.append("| " + " | ".join(cells) + " |")

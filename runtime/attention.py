@@ -31,17 +31,29 @@ from lowc.runtime.kernel_cache import KernelCache, default_cache
 KV_BITS = {"kv16": 16, "kv8": 8, "kv4": 4}
 MIN_SPLIT_TOKENS = 256  # a split shorter than this costs more in merging than it hides in latency
 PROGRAMS_PER_SM = 4  # decode grid aimed at this many resident programs per multiprocessor
+# Decode pipeline depth per format, measured on the H200 (docs/kernels-attention.md): kv8's 3-stage
+# tiles (69 KB of shared memory) left 3 programs per multiprocessor; 2 stages was 4-28% faster.
+DEFAULT_STAGES = {"kv4": 3, "kv8": 2, "kv16": 3}
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Launch choices of the decode kernel (num_splits None: chosen from capacity and the GPU)."""
+    """Launch choices of the decode kernel (num_splits None: chosen from capacity and the GPU).
+
+    block_h: the fewest query rows a program's MMA tile holds (the GQA group is padded up to it); the
+    MMA instruction itself has 16 rows, but Triton pads a smaller tile inside the instruction, so 8
+    rows for Llama's group of 4 halves the padded softmax and accumulator registers of 16.
+    maxnreg: register cap per thread (GPU only). Uncapped, ptxas took 200 registers for the default
+    tile, which left 2 programs (8 warps) per multiprocessor; 128 fits 4 without spilling at block_h 8.
+    """
 
     BLOCK_N: int = 128
     num_splits: int | None = None
     num_warps: int = 4
-    num_stages: int = 3
+    num_stages: int | None = None  # None: DEFAULT_STAGES of the format
     unpack_asm: bool = True  # kv4: unpack nibbles with inline PTX (GPU only; see the template)
+    block_h: int = 8
+    maxnreg: int | None = 128
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,11 @@ def default_splits(pairs: int, max_tokens: int, device: torch.device, block_n: i
     return splits
 
 
+def _register_cap(maxnreg: int | None, interpreted: bool) -> dict:
+    """The `maxnreg` launch option where it means something (a compiled GPU kernel)."""
+    return {} if maxnreg is None or interpreted else {"maxnreg": int(maxnreg)}
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -123,7 +140,7 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
             cfg = decode or DecodeConfig()
             pairs = b * hkv
             splits = cfg.num_splits or default_splits(pairs, max_tokens, q.device, cfg.BLOCK_N)
-            block_h = max(16, _pow2(group))
+            block_h = max(cfg.block_h, _pow2(group))
             if splits > 1:
                 ws_acc = cache.scratch("attention_partial_acc", q.device, torch.float32, pairs * splits * block_h * d)
                 ws_ml = cache.scratch("attention_partial_ml", q.device, torch.float32, pairs * splits * block_h * 2)
@@ -134,7 +151,9 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
                 q, q.stride(0), q.stride(1), *parts, slot_ids, cache_lens, new_lens, out, ws_acc, ws_ml, tickets,
                 float(scale), hkv, max_tokens, int(sliding_window),
                 GROUP=group, HEAD_DIM=d, D_LOAD=d_load, BLOCK_H=block_h, BLOCK_N=cfg.BLOCK_N,
-                NUM_SPLITS=splits, PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                NUM_SPLITS=splits, PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages or DEFAULT_STAGES[fmt],
+                **_register_cap(cfg.maxnreg, interpreted),
             )
         else:
             cfg = prefill or PrefillConfig()

@@ -14,7 +14,7 @@ as flash attention rounds p. For kv4 the even and odd halves of head_dim are sep
 into its even and odd columns, the output interleaved back), so no nibble is ever shuffled.
 
 decode_kernel (one new token per row): one program per (row, KV head, split) handles the GROUP query
-heads that share the KV head (padded to BLOCK_H >= 16 rows of the MMA), so each KV head is read once
+heads that share the KV head (padded to BLOCK_H rows; Triton pads the MMA to 16), so each KV head is read once
 per group. Long contexts are split over NUM_SPLITS programs; each writes its partial (acc, max, sum)
 to a workspace and takes a ticket, and the last to arrive merges them and resets the ticket: one
 launch, no memset, replayable in a CUDA graph. prefill_kernel (T > 1 new tokens, causal, flash-style
