@@ -42,6 +42,7 @@ class Scheme:
     n_outliers: int = 0  # Atom: input channels kept in INT8 after reordering
     smooth_alpha: float | None = None  # SmoothQuant migration strength, None = no smoothing
     smooth_attention_alpha: float | None = None  # QoQ SmoothAttention strength for keys
+    kv_rotation: bool = False  # Walsh-Hadamard rotation of keys and queries after RoPE (QuaRot)
     clip_search: bool = False  # per-group weight clipping search
     gptq: bool = False  # GPTQ-style error compensation
     bit_balance: bool = False  # ABQ-LLM's W2* five-level grid
@@ -147,11 +148,11 @@ PRESETS: dict[str, Scheme] = {
         _preset("w8a8", w_bits=8, a_bits=8, group_size=0, smooth_alpha=0.5),
         _preset("w4a16", w_bits=4, a_bits=16, clip_search=True, gptq=True),
         _preset(
-            "w4a8kv4", w_bits=4, a_bits=8, kv_bits=4, smooth_alpha=0.5, smooth_attention_alpha=0.5,
+            "w4a8kv4", w_bits=4, a_bits=8, kv_bits=4, smooth_alpha=0.5, smooth_attention_alpha=0.5, kv_rotation=True,
             clip_search=True, gptq=True,
         ),
         _preset(
-            "w4a4", w_bits=4, a_bits=4, kv_bits=4, n_outliers=128, smooth_alpha=0.5, clip_search=True,
+            "w4a4", w_bits=4, a_bits=4, kv_bits=4, kv_rotation=True, n_outliers=128, smooth_alpha=0.5, clip_search=True,
             gptq=True,
         ),
         _preset("w2a8", w_bits=2, a_bits=8, clip_search=True, gptq=True),
@@ -180,12 +181,14 @@ def parse_scheme(name: str) -> Scheme:
     kv = int(m["kv"]) if m["kv"] else 16
     g = int(m["g"]) if m["g"] is not None else 128
     # A generic name inherits the recipe (smoothing, clipping, GPTQ, outliers) of the preset with the
-    # same weight and activation bits, so "w4a8kv4-g64" is the w4a8kv4 recipe at group 64.
+    # same weight and activation bits, so "w4a8kv4-g64" is the w4a8kv4 recipe at group 64. A 4-bit KV
+    # cache always comes with the key rotation (lowc's KV4 recipe; kv_rotation=False to compare).
     for preset in PRESETS.values():
         if (preset.w_bits, preset.a_bits) == (w, a):
             smooth_attn = preset.smooth_attention_alpha if kv != 16 else None
-            return preset.replace(name=key, kv_bits=kv, group_size=g, smooth_attention_alpha=smooth_attn)
-    return Scheme(name=key, w_bits=w, a_bits=a, kv_bits=kv, group_size=g)
+            return preset.replace(name=key, kv_bits=kv, group_size=g, smooth_attention_alpha=smooth_attn,
+                                  kv_rotation=kv == 4)
+    return Scheme(name=key, w_bits=w, a_bits=a, kv_bits=kv, group_size=g, kv_rotation=kv == 4)
 
 
 def list_schemes() -> list[str]:

@@ -156,25 +156,34 @@ def _fuse_silu_mul_quant(graph: fx.Graph, quant: fx.Node) -> str | None:
 
 
 # 5. rope_kv_store(k) + kv_store(v) + attention_kv(rope(q)) -> attention_kv(rope_qkv_store(q, k, v))
+#    (with the key rotation: rope_kv_store(k, rotate) + kv_store(v) + attention_kv(hadamard(rope(q))))
 def _fuse_rope_qkv(graph: fx.Graph, attn: fx.Node) -> str | None:
     q, k_cache, v_cache, slot_ids, cache_lens, new_lens = attn.args[:6]
     fmt = attn.args[-1]
     ctx = (slot_ids, cache_lens, new_lens)
     k_store = _store_of(k_cache, lowc.rope_kv_store.default)
     v_store = _store_of(v_cache, lowc.kv_store.default)
-    rope = _match_rope(q)
-    if k_store is None or v_store is None or rope is None:
+    if k_store is None or v_store is None:
+        return None
+    rotate = bool(k_store.args[8] if len(k_store.args) > 8 else k_store.kwargs.get("rotate", False))
+    q_roped = q
+    if rotate:  # the query's rotation must be there too, serving only this attention
+        if not _is(q, lowc.hadamard.default) or len(q.users) != 1:
+            return None
+        q_roped = q.args[0]
+    rope = _match_rope(q_roped)
+    if rope is None:
         return None
     k, cos, sin = k_store.args[:3]
     q_pre, q_cos, q_sin = rope
     if (q_cos, q_sin) != (cos, sin) or tuple(k_store.args[4:7]) != ctx or tuple(v_store.args[2:5]) != ctx:
         return None
-    if k_store.args[-1] != fmt or v_store.args[-1] != fmt:
+    if k_store.args[7] != fmt or v_store.args[5] != fmt:
         return None
     v = v_store.args[0]
     with graph.inserting_before(attn):
         fused = graph.call_function(lowc.rope_qkv_store.default,
-                                    (q_pre, k, v, cos, sin, k_cache, v_cache, *ctx, fmt))
+                                    (q_pre, k, v, cos, sin, k_cache, v_cache, *ctx, fmt, rotate))
     fused.meta.update({key: val for key, val in q.meta.items() if key == "val"})
     _stamp(fused, k_store, fmt)
     attn.replace_input_with(q, fused)

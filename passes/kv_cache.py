@@ -10,7 +10,10 @@ where ctx is three new graph inputs (`kv_slot_ids`, `kv_cache_lens`, `kv_new_len
 context, see lowc.ops.kv_ops) and each layer's cache parts (data, scale, zero per format) are new
 graph inputs too, in `KVCacheSpec.input_names()` order; the spec is left in
 `gm.meta["lowc_kv_cache"]` for the runtime. The format comes from the scheme (kv_bits 16/8/4 ->
-kv16 = model dtype, kv8, kv4). When k is Llama's rotate-half RoPE of a tensor nothing else reads,
+kv16 = model dtype, kv8, kv4). With the scheme's `kv_rotation`, keys are stored rotated
+(`rope_kv_store(..., rotate=True)`, or `kv_store(lowc::hadamard(k))` when RoPE is not matched) and
+the queries are rotated the same way (`attention_kv(lowc::hadamard(q), ...)`): exact in full
+precision, since the normalized Walsh-Hadamard transform is orthogonal. When k is Llama's rotate-half RoPE of a tensor nothing else reads,
 the rotation moves into the store (`rope_kv_store`: K goes from projection to quantized cache in one
 op); otherwise the store takes the rotated k as is. The dump marks every store and attention node
 with `format=kvN`.
@@ -52,6 +55,10 @@ def kv_cache(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     inputs = _add_inputs(graph, spec)
     context = [inputs[name] for name in CONTEXT_INPUTS]
     per_layer = len(spec.parts)
+    rotate = bool(ctx.scheme.kv_rotation)
+    if rotate and spec.head_dim & (spec.head_dim - 1):
+        raise PassError(f"kv_cache: the key rotation (kv_rotation) is a Walsh-Hadamard transform over head_dim, which "
+                        f"must be a power of two; this model's is {spec.head_dim}. Use scheme.replace(kv_rotation=False)")
     fused = 0
     for attn in attns:
         q, k, v, scale, layer, window = attn.args
@@ -63,10 +70,18 @@ def kv_cache(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             rope = _match_rope(k)
             if rope is not None:
                 k_store = graph.call_function(torch.ops.lowc.rope_kv_store.default,
-                                              (*rope, k_parts, *context, spec.fmt))
+                                              (*rope, k_parts, *context, spec.fmt, rotate))
                 fused += 1
             else:
+                if rotate:
+                    k = graph.call_function(torch.ops.lowc.hadamard.default, (k,))
                 k_store = graph.call_function(torch.ops.lowc.kv_store.default, (k, k_parts, *context, spec.fmt))
+            if rotate:
+                q_val = q.meta.get("val")
+                q = graph.call_function(torch.ops.lowc.hadamard.default, (q,))
+                if q_val is not None:
+                    q.meta["val"] = q_val
+                q.meta[META_SITE] = {**attn.meta.get(META_SITE, {}), "role": "q_rotation"}
             v_store = graph.call_function(torch.ops.lowc.kv_store.default, (v, v_parts, *context, spec.fmt))
             new = graph.call_function(torch.ops.lowc.attention_kv.default,
                                       (q, k_parts, v_parts, *context, scale, layer, window, spec.fmt))
@@ -85,7 +100,7 @@ def kv_cache(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         ctx.sample_inputs = (*ctx.sample_inputs[:2], *spec.transient_inputs(ids.shape[0], ids.shape[1], ids.device))
     return PassResult(gm, modified=True, info={
         "format": spec.fmt, "layers": spec.layers, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
-        "rope_fused": fused, "bytes_per_token": spec.bytes_per_token(),
+        "rope_fused": fused, "key_rotation": rotate, "bytes_per_token": spec.bytes_per_token(),
     })
 
 

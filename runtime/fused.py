@@ -125,15 +125,17 @@ def _unit_last(t: torch.Tensor | None) -> torch.Tensor | None:
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
-def rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, *,
+def rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False, *,
                       cache: KernelCache | None = None):
-    """RoPE on q and k, k and v into the cache (see module docstring); returns the rotated q or None."""
+    """RoPE on q and k (then the key rotation on both if `rotate`), k and v into the cache (see module
+    docstring); returns the rotated q or None."""
     if fmt not in KV_PARTS:
         raise KernelError(f"unknown KV cache format {fmt!r}; valid: {', '.join(KV_PARTS)}")
     q, k, v, cos, sin = (_unit_last(t) for t in (q, k, v, cos, sin))
     b, hkv, t, d = k.shape
-    if d & (d - 1) or d < 2:
-        raise KernelError(f"the RoPE/KV-store kernel needs a power-of-two head_dim, got {d}")
+    if d & (d - 1) or d < 2 or (rotate and d > 256):
+        raise KernelError(f"the RoPE/KV-store kernel needs a power-of-two head_dim (at most 256 with the key "
+                          f"rotation), got {d}")
     rope = cos is not None
     rope_dtype = torch.promote_types(k.dtype, cos.dtype) if rope else k.dtype
     spec = spec_for_rope_store(fmt, k.dtype, rope_dtype)
@@ -153,7 +155,7 @@ def rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens,
                 cos if rope else k, sin if rope else k, *cs, q_out,
                 *parts_k, *parts_v, slot_ids, cache_lens, new_lens,
                 t, hq, hkv, k_cache[0].shape[2],
-                ROPE_K=rope, HAS_V=v is not None, HEAD_DIM=d, BLOCK_T=block_t,
+                ROPE_K=rope, HAS_V=v is not None, ROTATE=bool(rotate), RSQRT_D=d ** -0.5, HEAD_DIM=d, BLOCK_T=block_t,
                 enable_fp_fusion=False,  # x*cos + rot*sin must not become an FMA: bit-exact RoPE
             )
         except Exception as e:
@@ -226,19 +228,19 @@ def _cuda_kernels() -> dict:
         d = x.shape[-1]
         return None if d >= 2 and not d & (d - 1) else f"head_dim {d} is not a power of two"
 
-    def rope_qkv_store(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt):
-        f._check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt)
+    def rope_qkv_store(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False):
+        f._check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate)
         if _fallback("lowc::rope_qkv_store", k, pow2_dim(k)):
-            return f.rope_qkv_store_reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt)
-        return rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt)
+            return f.rope_qkv_store_reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens,
+                                              fmt, rotate)
+        return rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate)
 
-    def rope_kv_store(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt):
+    def rope_kv_store(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate=False):
         kv_ops._check_cache(x, cache, fmt, "lowc::rope_kv_store")
         kv_ops._check_context(x.shape[0], slot_ids, cache_lens, new_lens, "lowc::rope_kv_store")
         if _fallback("lowc::rope_kv_store", x, pow2_dim(x)):
-            return kv_ops.kv_store_reference(kv_ops.rotate_half_rope(x, cos, sin), cache, slot_ids, cache_lens,
-                                             new_lens, fmt)
-        rope_store_triton(None, x, None, cos, sin, cache, None, slot_ids, cache_lens, new_lens, fmt)
+            return kv_ops.rope_kv_store_reference(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate)
+        rope_store_triton(None, x, None, cos, sin, cache, None, slot_ids, cache_lens, new_lens, fmt, rotate)
 
     def kv_store(x, cache, slot_ids, cache_lens, new_lens, fmt):
         kv_ops._check_cache(x, cache, fmt, "lowc::kv_store")

@@ -7,7 +7,10 @@ Program (row block of BLOCK_T tokens of batch row b, head hh) over hh in [0, HQ 
 so one kernel serves lowc::rope_qkv_store (HQ = H, ROPE_K, HAS_V), lowc::rope_kv_store (HQ = 0,
 ROPE_K) and lowc::kv_store (HQ = 0). Rows are left-padded: token t of row b is real when
 t >= T - new_lens[b] and goes to cache position cache_lens[b] + t - (T - new_lens[b]); padding is
-rotated (for q) but never stored.
+rotated (for q) but never stored. With ROTATE (the scheme's kv_rotation), q and k go through the
+key rotation after RoPE: the normalized Walsh-Hadamard transform over head_dim
+(lowc.ops.kv_ops.hadamard_reference), with the same float32 butterflies in the same order, so the
+result is bit-identical too.
 
 RoPE is x*cos + rotate_half(x)*sin with each product and the sum rounded to the output dtype, the
 eager graph's order, so it is bit-identical to lowc.ops.kv_ops.rotate_half_rope: the launcher turns
@@ -50,6 +53,36 @@ def rope_tile(x_base, stride_t, cos_base, sin_base, stride_ct, stride_st, t, tma
 
 
 @triton.jit
+def butterfly(x, BLOCK_T: tl.constexpr, HEAD_DIM: tl.constexpr, H: tl.constexpr):
+    """One Walsh-Hadamard stage: in each block of 2H columns, (x[i], x[i + H]) -> (a + b, a - b)."""
+    pairs = tl.permute(tl.reshape(x, (BLOCK_T, HEAD_DIM // (2 * H), 2, H)), (0, 1, 3, 2))  # the pair last
+    a, b = tl.split(pairs)
+    return tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), (BLOCK_T, HEAD_DIM))
+
+
+@triton.jit
+def hadamard_tile(y, out_ty, RSQRT_D: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+    """lowc.ops.kv_ops.hadamard_reference on a [BLOCK_T, HEAD_DIM] tile: float32 stages h = 1, 2, 4, ...
+    (HEAD_DIM <= 256), then * RSQRT_D (= fp32(1/sqrt(HEAD_DIM)), from the launcher) and rounding."""
+    x = butterfly(y.to(tl.float32), BLOCK_T, HEAD_DIM, 1)
+    if HEAD_DIM > 2:
+        x = butterfly(x, BLOCK_T, HEAD_DIM, 2)
+    if HEAD_DIM > 4:
+        x = butterfly(x, BLOCK_T, HEAD_DIM, 4)
+    if HEAD_DIM > 8:
+        x = butterfly(x, BLOCK_T, HEAD_DIM, 8)
+    if HEAD_DIM > 16:
+        x = butterfly(x, BLOCK_T, HEAD_DIM, 16)
+    if HEAD_DIM > 32:
+        x = butterfly(x, BLOCK_T, HEAD_DIM, 32)
+    if HEAD_DIM > 64:
+        x = butterfly(x, BLOCK_T, HEAD_DIM, 64)
+    if HEAD_DIM > 128:
+        x = butterfly(x, BLOCK_T, HEAD_DIM, 128)
+    return round_to(x * RSQRT_D, out_ty)
+
+
+@triton.jit
 def store_kv(y, data_ptr, scale_ptr, zero_ptr, row, valid, d, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
     """Encode y [BLOCK_T, HEAD_DIM] per token as the cache format and store the valid rows at cache
     rows `row` (= (slot * HKV + head) * max_tokens + position)."""
@@ -87,7 +120,8 @@ def rope_store_kernel(
     kd_ptr, ks_ptr, kz_ptr, vd_ptr, vs_ptr, vz_ptr,
     slot_ptr, clen_ptr, nlen_ptr,
     T, HQ, HKV, MAX_TOKENS,
-    ROPE_K: tl.constexpr, HAS_V: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
+    ROPE_K: tl.constexpr, HAS_V: tl.constexpr, ROTATE: tl.constexpr, RSQRT_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     n_tb = tl.cdiv(T, BLOCK_T)
     b = tl.program_id(0) // n_tb
@@ -102,6 +136,8 @@ def rope_store_kernel(
     if hh < HQ:
         y = rope_tile(q_ptr + b.to(tl.int64) * sq_b + hh * sq_h, sq_t, cos_base, sin_base, sc_t, ss_t,
                       t, tmask, d, out_ty, HEAD_DIM)
+        if ROTATE:
+            y = hadamard_tile(y, out_ty, RSQRT_D, HEAD_DIM, BLOCK_T)
         out = qo_ptr + ((b.to(tl.int64) * HQ + hh) * T + t[:, None]) * HEAD_DIM + d[None, :]
         tl.store(out, y, mask=tmask[:, None])
     else:
@@ -115,6 +151,8 @@ def rope_store_kernel(
             base = k_ptr + b.to(tl.int64) * sk_b + head * sk_h
             if ROPE_K:
                 y = rope_tile(base, sk_t, cos_base, sin_base, sc_t, ss_t, t, tmask, d, out_ty, HEAD_DIM)
+                if ROTATE:
+                    y = hadamard_tile(y, out_ty, RSQRT_D, HEAD_DIM, BLOCK_T)
             else:
                 y = tl.load(base + t[:, None] * sk_t + d[None, :], mask=tmask[:, None], other=0.0)
             row = (slot * HKV + head) * MAX_TOKENS + pos
@@ -127,14 +165,17 @@ def rope_store_kernel(
             store_kv(y, vd_ptr, vs_ptr, vz_ptr, row, valid, d, HEAD_DIM, BLOCK_T)
 
 
-def reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens):
+def reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, rotate=False):
     """The plain-torch truth: lowc.ops.fused_ops.rope_qkv_store_reference (q and v may be None for
     lowc::rope_kv_store; cos and sin None too for lowc::kv_store); returns the rotated q or None."""
     from lowc.ops.fused_ops import rope_qkv_store_reference
-    from lowc.ops.kv_ops import kv_store_reference, rotate_half_rope
+    from lowc.ops.kv_ops import kv_store_reference, rope_kv_store_reference
 
     if q is not None:
-        return rope_qkv_store_reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, FORMAT)
-    x = k if cos is None else rotate_half_rope(k, cos, sin)
-    kv_store_reference(x, k_cache, slot_ids, cache_lens, new_lens, FORMAT)
+        return rope_qkv_store_reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, FORMAT,
+                                        rotate)
+    if cos is None:
+        kv_store_reference(k, k_cache, slot_ids, cache_lens, new_lens, FORMAT)
+    else:
+        rope_kv_store_reference(k, cos, sin, k_cache, slot_ids, cache_lens, new_lens, FORMAT, rotate)
     return None

@@ -7,7 +7,7 @@
     lowc::silu_mul_quant(Tensor gate, Tensor up, str fmt) -> (Tensor q, Tensor scale)
     lowc::rope_qkv_store(Tensor q, Tensor k, Tensor v, Tensor cos, Tensor sin, Tensor(a!)[] k_cache,
                          Tensor(b!)[] v_cache, Tensor slot_ids, Tensor cache_lens, Tensor new_lens,
-                         str fmt) -> Tensor q_rotated
+                         str fmt, bool rotate=False) -> Tensor q_rotated
 
 Each is, by definition, the composition of unfused ops it replaces, and its reference below is
 literally that composition (the truth and the test oracle):
@@ -16,7 +16,8 @@ literally that composition (the truth and the test oracle):
   `aten.add`, returned because the next residual add reads it;
 - `silu_mul` is `aten.silu(gate) * up` (SwiGLU, rounded to the input dtype after each op, as eager);
 - `rope_qkv_store` rotates q (returned) and k with Llama's rotate-half RoPE and stores k and v into
-  the layer's cache exactly as `lowc::rope_kv_store(k)` then `lowc::kv_store(v)` do (lowc.ops.kv_ops).
+  the layer's cache exactly as `lowc::rope_kv_store(k)` then `lowc::kv_store(v)` do (lowc.ops.kv_ops);
+  with `rotate`, q and k also go through the key rotation (`lowc::hadamard`) after RoPE.
 The pass `fuse_glue` (lowc.passes.fuse_glue) introduces them; lowc.runtime.fused registers the
 Triton kernels as their CUDA implementation. Core module: imports torch and lowc's core only.
 """
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 
 from lowc.errors import QuantizationError
-from lowc.ops.kv_ops import _check_cache, _check_context, kv_store_reference, rotate_half_rope
+from lowc.ops.kv_ops import _check_cache, _check_context, hadamard_reference, kv_store_reference, rotate_half_rope
 from lowc.ops.norm import rms_norm_reference
 from lowc.quant.activations import quantize_activation
 from lowc.quant.spec import parse_format
@@ -67,10 +68,12 @@ def silu_mul_quant_reference(gate: Tensor, up: Tensor, fmt: str) -> tuple[Tensor
 
 def rope_qkv_store_reference(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, k_cache: list[Tensor],
                              v_cache: list[Tensor], slot_ids: Tensor, cache_lens: Tensor, new_lens: Tensor,
-                             fmt: str) -> Tensor:
-    kv_store_reference(rotate_half_rope(k, cos, sin), k_cache, slot_ids, cache_lens, new_lens, fmt)
+                             fmt: str, rotate: bool = False) -> Tensor:
+    k = rotate_half_rope(k, cos, sin)
+    kv_store_reference(hadamard_reference(k) if rotate else k, k_cache, slot_ids, cache_lens, new_lens, fmt)
     kv_store_reference(v, v_cache, slot_ids, cache_lens, new_lens, fmt)
-    return rotate_half_rope(q, cos, sin).contiguous()  # [B, H, T, D] row-major, as the kernel writes it
+    q = rotate_half_rope(q, cos, sin)
+    return (hadamard_reference(q) if rotate else q).contiguous()  # [B, H, T, D] row-major, as the kernel writes it
 
 
 # ----------------------------------------------------------------------------- fake checks
@@ -152,7 +155,8 @@ def _silu_mul_quant_fake(gate, up, fmt):
     return _fake_quant(gate, fmt, "lowc::silu_mul_quant")
 
 
-def _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt) -> None:
+def _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt,
+                    rotate: bool = False) -> None:
     op = "lowc::rope_qkv_store"
     if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise QuantizationError(
@@ -163,6 +167,9 @@ def _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, n
         raise QuantizationError(f"{op}: q and k must share a dtype, got {q.dtype} and {k.dtype}")
     if q.shape[-1] % 2:
         raise QuantizationError(f"{op}: rotate-half RoPE needs an even head_dim, got {q.shape[-1]}")
+    if rotate and q.shape[-1] & (q.shape[-1] - 1):
+        raise QuantizationError(f"{op}: the key rotation (Walsh-Hadamard) needs a power-of-two head_dim, "
+                                f"got {q.shape[-1]}; compile with kv_rotation=False")
     for name, t in (("cos", cos), ("sin", sin)):
         if t.dim() != 4 or t.shape[1] != 1 or t.shape[-1] != q.shape[-1]:
             raise QuantizationError(f"{op}: {name} must be [B, 1, T, D] (broadcast over heads), got {tuple(t.shape)}")
@@ -174,13 +181,13 @@ def _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, n
 @torch.library.custom_op("lowc::rope_qkv_store", mutates_args=("k_cache", "v_cache"))
 def rope_qkv_store(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, k_cache: list[Tensor],
                    v_cache: list[Tensor], slot_ids: Tensor, cache_lens: Tensor, new_lens: Tensor,
-                   fmt: str) -> Tensor:
+                   fmt: str, rotate: bool = False) -> Tensor:
     """RoPE on q (returned) and k, then k and v quantized into the layer's cache: one op per layer."""
-    _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt)
-    return rope_qkv_store_reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt)
+    _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate)
+    return rope_qkv_store_reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate)
 
 
 @rope_qkv_store.register_fake
-def _rope_qkv_store_fake(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt):
-    _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt)
+def _rope_qkv_store_fake(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False):
+    _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate)
     return torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -3,7 +3,8 @@
     lowc::kv_store(Tensor x, Tensor(a!)[] cache, Tensor slot_ids, Tensor cache_lens, Tensor new_lens,
                    str fmt) -> ()
     lowc::rope_kv_store(Tensor x, Tensor cos, Tensor sin, Tensor(a!)[] cache, Tensor slot_ids,
-                        Tensor cache_lens, Tensor new_lens, str fmt) -> ()
+                        Tensor cache_lens, Tensor new_lens, str fmt, bool rotate=False) -> ()
+    lowc::hadamard(Tensor x) -> Tensor
     lowc::attention_kv(Tensor q, Tensor[] k_cache, Tensor[] v_cache, Tensor slot_ids, Tensor cache_lens,
                        Tensor new_lens, float scale, int layer_idx, int sliding_window, str fmt) -> Tensor
 
@@ -19,6 +20,15 @@ Cache formats (per layer, for K and for V; S slots, M max tokens, H KV heads, D 
 - `kv8`:  data int8 [S, H, M, D], scale fp16 [S, H, M]   (symmetric, lowc.quant.kv).
 - `kv4`:  data uint8 [S, H, M, D/2] (two values a byte), scale fp16 [S, H, M], zero fp16 [S, H, M]
           (asymmetric UINT4 per token per head, lowc.quant.kv).
+Key rotation (`rotate=True`, the scheme's `kv_rotation`): keys are stored as hadamard(rope(k)) and
+the queries that read them are hadamard(rope(q)) (QuaRot's online rotation). The normalized
+Walsh-Hadamard transform over head_dim is orthogonal, so q.k is unchanged in exact arithmetic, while
+a few large key channels spread over all of head_dim before the per-token 4-bit grid sees them. It
+has to run after RoPE (no fixed rotation commutes with RoPE's position-dependent one), so it is
+online, inside the RoPE + store op. `hadamard_reference` fixes its arithmetic: float32 butterflies
+in a fixed order, then one multiply by 1/sqrt(D), rounded to x's dtype (kernels reproduce it bit
+for bit).
+
 Values are quantized when written and dequantized inside attention, so prefill attention already
 sees quantized keys and values (the papers' accuracy protocol). The references below are the truth
 and the test oracle; a device kernel must reproduce their rounding (that of lowc.quant.kv).
@@ -178,6 +188,23 @@ def rotate_half_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+def hadamard_reference(x: Tensor) -> Tensor:
+    """Normalized Walsh-Hadamard transform over the last dim (a power of two), Sylvester order:
+    stage h = 1, 2, 4, ... maps each pair (a, b) = (x[i], x[i + h]) of a block of 2h to (a + b, a - b),
+    in float32; then * (1/sqrt(D)) in float32 and rounding to x's dtype. Its own inverse."""
+    d = x.shape[-1]
+    if d < 2 or d & (d - 1):
+        raise CacheError(f"the key rotation is a Walsh-Hadamard transform: head_dim must be a power of two, got {d}")
+    y = x.to(torch.float32)
+    h = 1
+    while h < d:
+        y = y.reshape(*x.shape[:-1], d // (2 * h), 2, h)
+        a, b = y[..., 0, :], y[..., 1, :]
+        y = torch.stack((a + b, a - b), dim=-2)
+        h *= 2
+    return (y.reshape(x.shape) * torch.tensor(d ** -0.5, dtype=torch.float32)).to(x.dtype)
+
+
 def _encode(x: Tensor, fmt: str) -> list[Tensor]:
     """x [B, H, T, D] -> the cache parts' values for every token (per token per head)."""
     if fmt == "kv16":
@@ -276,17 +303,38 @@ def _kv_store_fake(x, cache, slot_ids, cache_lens, new_lens, fmt):
     _check_context(x.shape[0], slot_ids, cache_lens, new_lens, "lowc::kv_store")
 
 
+def rope_kv_store_reference(x: Tensor, cos: Tensor, sin: Tensor, cache: list[Tensor], slot_ids: Tensor,
+                            cache_lens: Tensor, new_lens: Tensor, fmt: str, rotate: bool = False) -> None:
+    k = rotate_half_rope(x, cos, sin)
+    kv_store_reference(hadamard_reference(k) if rotate else k, cache, slot_ids, cache_lens, new_lens, fmt)
+
+
 @torch.library.custom_op("lowc::rope_kv_store", mutates_args=("cache",))
 def rope_kv_store(x: Tensor, cos: Tensor, sin: Tensor, cache: list[Tensor], slot_ids: Tensor, cache_lens: Tensor,
-                  new_lens: Tensor, fmt: str) -> None:
-    """RoPE on pre-rotation keys, then kv_store: one pass over K from projection to cache."""
-    kv_store_reference(rotate_half_rope(x, cos, sin), cache, slot_ids, cache_lens, new_lens, fmt)
+                  new_lens: Tensor, fmt: str, rotate: bool = False) -> None:
+    """RoPE on pre-rotation keys (then the key rotation if `rotate`), then kv_store: one pass over K
+    from projection to cache."""
+    rope_kv_store_reference(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate)
 
 
 @rope_kv_store.register_fake
-def _rope_kv_store_fake(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt):
+def _rope_kv_store_fake(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate=False):
     _check_cache(x, cache, fmt, "lowc::rope_kv_store")
     _check_context(x.shape[0], slot_ids, cache_lens, new_lens, "lowc::rope_kv_store")
+
+
+@torch.library.custom_op("lowc::hadamard", mutates_args=())
+def hadamard(x: Tensor) -> Tensor:
+    """The key rotation applied to queries (and to keys that do not go through rope_kv_store)."""
+    return hadamard_reference(x)
+
+
+@hadamard.register_fake
+def _hadamard_fake(x):
+    d = x.shape[-1]
+    if d < 2 or d & (d - 1):
+        raise CacheError(f"lowc::hadamard: head_dim must be a power of two, got {d}")
+    return torch.empty_like(x)
 
 
 @torch.library.custom_op("lowc::attention_kv", mutates_args=())

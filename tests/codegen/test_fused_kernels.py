@@ -131,6 +131,30 @@ def test_rope_qkv_store_kernel_is_bit_identical(cache, fmt, dtype):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("d", [16, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_qkv_store_with_key_rotation_is_bit_identical(cache, dtype, d):
+    spec, q, k, v, cos, sin, ctx, tensors = _kv_case("kv4", dtype, d=d, seed=2)
+    mine, theirs, plain = ([t.clone() for t in tensors] for _ in range(3))
+    q_rot = fused.rope_store_triton(q, k, v, cos, sin, *spec.layer_tensors(mine, 0), *ctx, "kv4", True, cache=cache)
+    expect = fused_ops.rope_qkv_store_reference(q, k, v, cos, sin, *spec.layer_tensors(theirs, 0), *ctx, "kv4", True)
+    assert torch.equal(q_rot, expect) and all(torch.equal(a, b) for a, b in zip(mine, theirs))
+    unrotated = fused_ops.rope_qkv_store_reference(q, k, v, cos, sin, *spec.layer_tensors(plain, 0), *ctx, "kv4")
+    assert not torch.equal(q_rot, unrotated)  # the rotation did happen
+
+
+@pytest.mark.parametrize("fmt", ["kv8", "kv4"])
+def test_rope_kv_store_with_key_rotation(cache, fmt):
+    from lowc.ops.kv_ops import rope_kv_store_reference
+
+    spec, _, k, _, cos, sin, ctx, tensors = _kv_case(fmt, torch.float32, seed=3)
+    kc, _ = spec.layer_tensors(tensors, 0)
+    mine = [t.clone() for t in kc]
+    fused.rope_store_triton(None, k, None, cos, sin, mine, None, *ctx, fmt, True, cache=cache)
+    rope_kv_store_reference(k, cos, sin, kc, *ctx, fmt, True)
+    assert all(torch.equal(a, b) for a, b in zip(mine, kc))
+
+
 @pytest.mark.parametrize("fmt", ["kv8", "kv4"])
 def test_kv_store_and_rope_kv_store_modes(cache, fmt):
     from lowc.ops.kv_ops import kv_store_reference, rotate_half_rope
@@ -185,4 +209,9 @@ def test_gpu_fused_kernels_at_llama_sizes(dtype):
     q_rot = fused.rope_store_triton(q, k, v, cos, sin, *spec.layer_tensors(mine, 0), *ctx, "kv4")
     cpu = [t.cpu() for t in (q, k, v, cos, sin)]
     expect = fused_ops.rope_qkv_store_reference(*cpu, *spec.layer_tensors(theirs, 0), *(t.cpu() for t in ctx), "kv4")
+    assert torch.equal(q_rot.cpu(), expect) and all(torch.equal(a.cpu(), b) for a, b in zip(mine, theirs))
+    mine, theirs = [t.clone() for t in tensors], [t.cpu() for t in tensors]  # with the key rotation
+    q_rot = fused.rope_store_triton(q, k, v, cos, sin, *spec.layer_tensors(mine, 0), *ctx, "kv4", True)
+    expect = fused_ops.rope_qkv_store_reference(*cpu, *spec.layer_tensors(theirs, 0), *(t.cpu() for t in ctx), "kv4",
+                                                True)
     assert torch.equal(q_rot.cpu(), expect) and all(torch.equal(a.cpu(), b) for a, b in zip(mine, theirs))

@@ -182,3 +182,47 @@ def test_bytes_per_token_llama3_8b_shape():
     names = KVCacheSpec("kv4", 2, 1, 8, torch.float32).input_names()
     assert names[:6] == ["kv_slot_ids", "kv_cache_lens", "kv_new_lens", "kv0_k_data", "kv0_k_scale", "kv0_k_zero"]
     assert len(names) == 3 + 2 * 2 * 3
+
+
+@pytest.mark.parametrize("d", [2, 16, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hadamard_is_the_normalized_sylvester_transform(d, dtype):
+    from lowc.ops.kv_ops import hadamard_reference
+
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < d:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    x = torch.randn(3, 2, 5, d, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
+    got = hadamard_reference(x.to(dtype))
+    want = x.to(dtype).to(torch.float64) @ h / d ** 0.5
+    assert got.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.to(torch.float64), want, atol=tol * want.abs().max(), rtol=0)
+    back = hadamard_reference(got.to(torch.float32)).to(torch.float64)  # its own inverse
+    torch.testing.assert_close(back, x.to(dtype).to(torch.float64), atol=tol * 4 * x.abs().max(), rtol=0)
+    spike = torch.zeros(d, dtype=torch.float32)
+    spike[d // 3] = 1.0  # one outlier channel spreads evenly over every channel
+    assert torch.allclose(hadamard_reference(spike).abs(), torch.full((d,), d ** -0.5))
+
+
+def test_hadamard_rejects_other_sizes():
+    from lowc.ops.kv_ops import hadamard_reference
+
+    with pytest.raises(CacheError, match="power of two"):
+        hadamard_reference(torch.randn(2, 24))
+    with pytest.raises(CacheError, match="power of two"):
+        torch.ops.lowc.hadamard(torch.randn(2, 3, 4, 24, device="meta"))
+
+
+def test_rope_store_with_rotation_is_rope_hadamard_store():
+    from lowc.ops.kv_ops import hadamard_reference, kv_store_reference, rotate_half_rope
+
+    spec = KVCacheSpec("kv4", 1, 2, 16, torch.float32)
+    g = torch.Generator().manual_seed(5)
+    k = torch.randn(2, 2, 3, 16, generator=g)
+    cos, sin = torch.randn(2, 1, 3, 16, generator=g), torch.randn(2, 1, 3, 16, generator=g)
+    ctx = [torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([3, 3])]
+    a, b = spec.allocate(2, 8), spec.allocate(2, 8)
+    torch.ops.lowc.rope_kv_store(k, cos, sin, a[:3], *ctx, "kv4", True)
+    kv_store_reference(hadamard_reference(rotate_half_rope(k, cos, sin)), b[:3], *ctx, "kv4")
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

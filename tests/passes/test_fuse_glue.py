@@ -59,6 +59,9 @@ def test_fused_nodes_replace_the_glue(compiled):
     _, plain, fused = compiled
     gm = fused.graph_module
     assert _count(gm, ops.rope_qkv_store.default) == LAYERS
+    # w4a8kv4 rotates keys and queries: the fused op does it, no separate rotation is left.
+    assert all(n.args[-1] is True for n in gm.graph.nodes if n.target is ops.rope_qkv_store.default)
+    assert _count(gm, ops.hadamard.default) == 0 and _count(plain.graph_module, ops.hadamard.default) == LAYERS
     assert _count(gm, ops.rope_kv_store.default) == 0 and _count(gm, ops.kv_store.default) == 0
     assert _count(gm, ops.rms_norm_quant.default) == 1  # layer 0's input norm: no residual add before it
     assert _count(gm, ops.add_rms_norm_quant.default) == 2 * LAYERS - 1
@@ -95,8 +98,9 @@ def test_launches_per_decoder_layer(compiled):
         "qlinear", "add_rms_norm_quant", "qlinear", "qlinear", "silu_mul_quant", "qlinear",
     ]
     # Unfused: 2 norms + 2 residual adds + 4 quantize_act + 7 qlinear + 5 for q's RoPE (mul, neg, cat,
-    # mul, add) + 2 stores + attention + silu + mul = 25. Fused: 13 (10 with merged QKV and gate/up GEMMs).
-    assert len(before) == 25 and len(after_) == 13
+    # mul, add) + q's key-space rotation (hadamard) + 2 stores + attention + silu + mul = 26.
+    # Fused: 13 (10 with merged QKV and gate/up GEMMs).
+    assert before.count("hadamard") == 1 and len(before) == 26 and len(after_) == 13
 
 
 def test_float_scheme_fuses_norms_and_rope_only():

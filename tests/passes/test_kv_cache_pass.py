@@ -52,7 +52,8 @@ def test_rewrite_counts_and_inputs(captured, scheme, fmt, parts):
     # Each attention follows the two stores that write its layer's cache.
     order = list(gm.graph.nodes)
     for attn in (n for n in order if n.target is ops.attention_kv.default):
-        layer_stores = [s for s in stores if s.args[-5] in (attn.args[1], attn.args[2])]  # the cache argument
+        layer_stores = [s for s in stores if s.args[3 if s.target is ops.rope_kv_store.default else 1]
+                        in (attn.args[1], attn.args[2])]  # the cache argument
         assert len(layer_stores) == 2 and all(order.index(s) < order.index(attn) for s in layer_stores)
 
 
@@ -62,6 +63,35 @@ def test_kv16_leaves_logits_bit_identical(llama):
         ref = llama(ids).logits
         out = lowc.compile(llama, "w16a16", progress=False)(ids)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_key_rotation_is_exact_in_full_precision(llama, fuse):
+    """kv_rotation on a 16-bit cache: q and k rotated by the orthogonal Walsh-Hadamard transform, so the
+    logits stay those of the model (fp32) — unfused (hadamard nodes) and fused into the RoPE store."""
+    scheme = parse_scheme("w16a16").replace(name="w16a16-rot", kv_rotation=True)
+    if not fuse:
+        scheme = scheme.replace(passes=tuple(p for p in scheme.passes if p != "fuse_glue"))
+    q = lowc.compile(llama, scheme, progress=False)
+    gm = q.graph_module
+    rec = next(r for r in q.pass_records if r.name == "kv_cache")
+    assert rec.info["key_rotation"] is True
+    assert _count(gm, ops.hadamard.default) == (0 if fuse else 2)
+    stores = [n for n in gm.graph.nodes if n.target in (ops.rope_kv_store.default, ops.rope_qkv_store.default)]
+    assert len(stores) == 2 and all(n.args[-1] is True for n in stores)
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, out = llama(ids).logits, q(ids)
+    assert ((out - ref).norm() / ref.norm()) < 1e-5
+    plain = lowc.compile(llama, "w16a16", progress=False)
+    with torch.no_grad():
+        assert not torch.equal(out, plain(ids))  # the rotation ran (rounding differs in the last bits)
+
+
+def test_key_rotation_needs_a_power_of_two_head_dim():
+    m = tiny_model("llama", layers=1, head_dim=24)
+    with pytest.raises(PassError, match="power of two"):
+        lowc.compile(m, parse_scheme("w16a16kv4"), progress=False)
 
 
 def test_rope_fusion_falls_back_when_k_is_shared(llama):
