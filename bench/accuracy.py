@@ -47,26 +47,26 @@ class Row:
 
 def ladder() -> list[Row]:
     """The table's rows: per scheme, round-to-nearest first, one lever added per row."""
-    off = {"smooth_alpha": None, "smooth_attention_alpha": None, "clip_search": False, "gptq": False}
+    off = {"smooth_alpha": None, "smooth_attention_alpha": None, "clip_search": False, "gptq": False,
+           "kv_rotation": False}
     return [
         Row("w8a8/rtn", "w8a8", "round-to-nearest", off),
-        Row("w8a8/smooth", "w8a8", "+ smooth (SmoothQuant)", {**off, "smooth_alpha": "preset"}),
-        Row("w8a8/full", "w8a8", "+ clip + GPTQ (preset)"),
+        Row("w8a8/full", "w8a8", "+ smooth (SmoothQuant; the preset)"),
         Row("w4a16/rtn", "w4a16", "round-to-nearest", off),
         Row("w4a16/clip", "w4a16", "+ clip", {**off, "clip_search": True}),
         Row("w4a16/full", "w4a16", "+ GPTQ (preset)"),
         Row("w4a8/rtn", "w4a8kv4", "round-to-nearest, KV16", {**off, "kv_bits": 16}),
-        Row("w4a8/full", "w4a8kv4", "preset passes, KV16", {"kv_bits": 16}),
+        Row("w4a8/full", "w4a8kv4", "preset passes, KV16", {"kv_bits": 16, "kv_rotation": False}),
         Row("w4a8kv4/rtn", "w4a8kv4", "round-to-nearest", off),
-        Row("w4a8kv4/smooth", "w4a8kv4", "+ smooth + SmoothAttention",
-            {**off, "smooth_alpha": "preset", "smooth_attention_alpha": "preset"}),
-        Row("w4a8kv4/clip", "w4a8kv4", "+ clip", {"clip_search": True, "gptq": False}),
-        Row("w4a8kv4/full", "w4a8kv4", "+ GPTQ (preset)"),
+        Row("w4a8kv4/qoq", "w4a8kv4", "+ smooth + SmoothAttention (QoQ)",
+            {**off, "smooth_alpha": "preset", "smooth_attention_alpha": 0.5}),
+        Row("w4a8kv4/rotate", "w4a8kv4", "+ smooth + key rotation (no SmoothAttention)",
+            {**off, "smooth_alpha": "preset", "kv_rotation": True}),
+        Row("w4a8kv4/full", "w4a8kv4", "+ clip + GPTQ (preset)"),
         Row("w4a4/rtn", "w4a4", "round-to-nearest, no outliers", {**off, "n_outliers": 0}),
         Row("w4a4/reorder", "w4a4", "+ reorder (128 INT8 outliers)", off),
-        Row("w4a4/smooth", "w4a4", "+ smooth", {**off, "smooth_alpha": "preset"}),
-        Row("w4a4/clip", "w4a4", "+ clip", {"clip_search": True, "gptq": False}),
-        Row("w4a4/full", "w4a4", "+ GPTQ (preset)"),
+        Row("w4a4/smooth", "w4a4", "+ smooth + key rotation", {**off, "smooth_alpha": "preset", "kv_rotation": True}),
+        Row("w4a4/full", "w4a4", "+ clip + GPTQ (preset)"),
     ]
 
 

@@ -2,8 +2,9 @@
 
     python bench/kv_cache_accuracy.py [--tokens 20480] [--window 1024] [--gen 64] [--json OUT]
 
-For each cache format (kv16 = the model dtype, kv8, kv4), weights and activations unquantized
-(schemes w16a16, w16a16kv8, w16a16kv4):
+For each cache (kv16 = the model dtype, kv8, plain kv4, and kv4 with the key rotation — lowc's
+default for kv4), weights and activations unquantized (schemes w16a16, w16a16kv8, w16a16kv4 with
+kv_rotation off and on):
 - WikiText-2 test perplexity (lowc.eval protocol: first `tokens` tokens, windows of `window`), where
   attention reads K/V back from the (quantized) cache even in these full-window forwards;
 - agreement with the 16-bit cache over a generation: the kv16 model generates `gen` greedy tokens
@@ -52,6 +53,8 @@ def main() -> None:
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--gen", type=int, default=64, help="generated tokens per prompt for the agreement figures")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--formats", default="kv16,kv8,kv4,kv4+rotation",
+                   help="rows to run, comma-separated (kv16 first: it is the agreement reference)")
     args = p.parse_args()
 
     import lowc
@@ -64,8 +67,15 @@ def main() -> None:
     results = {"model": "SmolLM2-135M-Instruct fp32", "tokens": args.tokens, "window": args.window, "formats": {}}
     ref_logits = None
     forced = None
-    for kv in (16, 8, 4):
-        scheme = "w16a16" if kv == 16 else f"w16a16kv{kv}"
+    from lowc.schemes import parse_scheme
+
+    rows = {"kv16": parse_scheme("w16a16"), "kv8": parse_scheme("w16a16kv8"),
+            "kv4": parse_scheme("w16a16kv4").replace(name="w16a16kv4-norot", kv_rotation=False),
+            "kv4+rotation": parse_scheme("w16a16kv4")}
+    wanted = args.formats.split(",")
+    if wanted[0] != "kv16" or any(w not in rows for w in wanted):
+        raise SystemExit(f"--formats: choose from {', '.join(rows)}, starting with kv16")
+    for label, scheme in ((w, rows[w]) for w in wanted):
         qmodel = lowc.compile(model, scheme, progress=False)
         spec = qmodel.kv_spec
         t0 = time.perf_counter()
@@ -75,7 +85,8 @@ def main() -> None:
                 new = qmodel.generate(prompts, args.gen, eos_token_id=[])
                 forced = new
             logits = teacher_forced_logits(qmodel, prompts, forced)
-        row = {"scheme": scheme, "format": spec.fmt, "perplexity": ppl.perplexity,
+        row = {"scheme": scheme.name, "format": spec.fmt, "key_rotation": scheme.kv_rotation,
+               "perplexity": ppl.perplexity,
                "bytes_per_token": spec.bytes_per_token(), "seconds": time.perf_counter() - t0}
         if ref_logits is None:
             ref_logits = logits
@@ -85,7 +96,7 @@ def main() -> None:
             kl = (logp_ref.exp() * (logp_ref - logp)).sum(-1)
             row["mean_kl_nats"] = float(kl.mean())
             row["top1_agreement"] = float((logits.argmax(-1) == ref_logits.argmax(-1)).float().mean())
-        results["formats"][spec.fmt] = row
+        results["formats"][label] = row
         print(json.dumps(row), flush=True)
     base = results["formats"]["kv16"]["perplexity"]
     for row in results["formats"].values():

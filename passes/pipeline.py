@@ -151,7 +151,8 @@ def run_pipeline(
         n_before = len(gm.graph.nodes)
         t0 = time.perf_counter()
         try:
-            result = step(gm, ctx)
+            with torch.no_grad():  # rewritten weights and buffers must not hold autograd history (nor the
+                result = step(gm, ctx)  # user's parameters alive through it)
         except PassError:
             raise
         except Exception as e:

@@ -18,7 +18,7 @@ def test_presets_exist_and_are_frozen():
 def test_w4a8kv4_is_the_qoq_recipe():
     s = parse_scheme("w4a8kv4")
     assert (s.w_bits, s.a_bits, s.kv_bits, s.group_size) == (4, 8, 4, 128)
-    assert s.smooth_attention_alpha is not None and s.route == "dedicated"
+    assert s.kv_rotation and s.smooth_attention_alpha is None and s.route == "dedicated"  # rotation, not SmoothAttention
     assert s.passes[0] == "annotate" and s.passes[-1] == "eliminate_dead_code"
     assert s.passes.index("smooth") < s.passes.index("quantize")
 
