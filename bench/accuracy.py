@@ -79,34 +79,32 @@ def row_scheme(row: Row):
 
 
 # ------------------------------------------------------------------------------------ engines
-class SimulatedQLinear:
-    """qlinear as a float32 GEMM of dequantized operands (weights dequantized once per node)."""
+_DEQUANTIZED: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(first weight part) -> (it, float weight)
 
-    def __init__(self):
-        self.weights: dict[int, torch.Tensor] = {}
 
-    def __call__(self, x, x_scale, weight, bias, fmt, out_dtype):
-        from lowc.quant import dequantize_activation, weight_from_tensors
+def simulated_qlinear(x, x_scale, weight, bias, fmt, out_dtype):
+    """qlinear as a float32 GEMM of dequantized operands (each weight dequantized once). A plain
+    function, because FX's code generation names call targets by their __name__."""
+    from lowc.quant import dequantize_activation, weight_from_tensors
 
-        key = id(weight[0])
-        if key not in self.weights:
-            self.weights[key] = weight_from_tensors(fmt, weight, x.shape[-1]).dequantize()
-        xf = x.to(torch.float32) if x_scale is None else dequantize_activation(x, x_scale, fmt)
-        y = xf @ self.weights[key].T
-        if bias is not None:
-            y = y + bias.to(torch.float32)
-        return y.to(out_dtype)
+    key = id(weight[0])
+    if key not in _DEQUANTIZED:  # the tensor is kept beside its id, so the id cannot be reused
+        _DEQUANTIZED[key] = (weight[0], weight_from_tensors(fmt, weight, x.shape[-1]).dequantize())
+    w = _DEQUANTIZED[key][1]
+    xf = x.to(torch.float32) if x_scale is None else dequantize_activation(x, x_scale, fmt)
+    y = xf @ w.T
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(out_dtype)
 
 
 def set_engine(compiled, engine: str):
     """Point every qlinear node of the compiled graph at the reference op or the simulation."""
     gm = compiled.graph_module
-    sim = getattr(compiled, "_bench_sim", None) or SimulatedQLinear()
-    compiled._bench_sim = sim
     ref = torch.ops.lowc.qlinear.default
     for n in gm.graph.nodes:
-        if n.op == "call_function" and (n.target is ref or isinstance(n.target, SimulatedQLinear)):
-            n.target = sim if engine == "simulated" else ref
+        if n.op == "call_function" and n.target in (ref, simulated_qlinear):
+            n.target = simulated_qlinear if engine == "simulated" else ref
     gm.recompile()
 
 
@@ -207,6 +205,7 @@ def main(argv=None) -> int:
         compile_s = time.perf_counter() - t0
         scores = {name: perplexity(target, ids, tokens=n, window=args.window, progress=False).perplexity
                   for name, (ids, n) in texts.items()}
+        _DEQUANTIZED.clear()
         results.append({"key": row.key, "scheme": row.scheme, "label": row.label, **scores,
                         "compile_seconds": compile_s, "passes": passes, "engine_gap": gap,
                         "scheme_config": scheme_json, "settings": settings})
