@@ -376,10 +376,9 @@ def compile_lowc(run: Run, model, scheme: str):
 
     t0 = time.perf_counter()
     # A copy: the compiled graph shares the model's unquantized parameters (embeddings, norms, lm_head)
-    # as the same Parameter objects, and parking it on the host must not move the baseline's.
-    # No autograd on it either: a quantization pass that computes a tensor the graph keeps (a scale) from
-    # a parameter that requires grad would keep that parameter, and what backward saves, alive.
-    source = copy.deepcopy(model).requires_grad_(False)
+    # as the same Parameter objects, and parking it on the host must not move the baseline's. (Autograd
+    # history in the compiled buffers is prevented by lowc itself: passes run under no_grad.)
+    source = copy.deepcopy(model)
     q = lowc.compile(source, rtn_scheme(scheme), progress=False)
     del source
     run.results["compile"][scheme] = time.perf_counter() - t0

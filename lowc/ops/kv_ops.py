@@ -188,13 +188,17 @@ def rotate_half_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+def _check_hadamard_dim(d: int, what: str) -> None:
+    if d < 2 or d & (d - 1):
+        raise CacheError(f"{what}: head_dim must be a power of two, got {d}")
+
+
 def hadamard_reference(x: Tensor) -> Tensor:
     """Normalized Walsh-Hadamard transform over the last dim (a power of two), Sylvester order:
     stage h = 1, 2, 4, ... maps each pair (a, b) = (x[i], x[i + h]) of a block of 2h to (a + b, a - b),
     in float32; then * (1/sqrt(D)) in float32 and rounding to x's dtype. Its own inverse."""
     d = x.shape[-1]
-    if d < 2 or d & (d - 1):
-        raise CacheError(f"the key rotation is a Walsh-Hadamard transform: head_dim must be a power of two, got {d}")
+    _check_hadamard_dim(d, "the key rotation (a Walsh-Hadamard transform)")
     y = x.to(torch.float32)
     h = 1
     while h < d:
@@ -331,9 +335,7 @@ def hadamard(x: Tensor) -> Tensor:
 
 @hadamard.register_fake
 def _hadamard_fake(x):
-    d = x.shape[-1]
-    if d < 2 or d & (d - 1):
-        raise CacheError(f"lowc::hadamard: head_dim must be a power of two, got {d}")
+    _check_hadamard_dim(x.shape[-1], "lowc::hadamard")
     return torch.empty_like(x)
 
 
