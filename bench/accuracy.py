@@ -48,7 +48,7 @@ class Row:
 def ladder() -> list[Row]:
     """The table's rows: per scheme, round-to-nearest first, one lever added per row."""
     off = {"smooth_alpha": None, "smooth_attention_alpha": None, "clip_search": False, "gptq": False,
-           "kv_rotation": False}
+           "kv_rotation": False, "kv_key_center": False}
     return [
         Row("w8a8/rtn", "w8a8", "round-to-nearest", off),
         Row("w8a8/full", "w8a8", "+ smooth (SmoothQuant; the preset)"),
@@ -62,6 +62,8 @@ def ladder() -> list[Row]:
             {**off, "smooth_alpha": "preset", "smooth_attention_alpha": 0.5}),
         Row("w4a8kv4/rotate", "w4a8kv4", "+ smooth + key rotation (no SmoothAttention)",
             {**off, "smooth_alpha": "preset", "kv_rotation": True}),
+        Row("w4a8kv4/center", "w4a8kv4", "+ key centre", {**off, "smooth_alpha": "preset", "kv_rotation": True,
+                                                           "kv_key_center": True}),
         Row("w4a8kv4/full", "w4a8kv4", "+ clip + GPTQ (preset)"),
         Row("w4a4/rtn", "w4a4", "round-to-nearest, no outliers", {**off, "n_outliers": 0}),
         Row("w4a4/reorder", "w4a4", "+ reorder (128 INT8 outliers)", off),

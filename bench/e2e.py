@@ -105,12 +105,13 @@ def build_model(layers: int, tiny: bool, device: torch.device, seed: int = 0):
 
 
 def rtn_scheme(name: str):
-    """The preset's formats and kernels with round-to-nearest weights (no calibration passes)."""
+    """The preset's formats and kernels with round-to-nearest weights (no calibration passes; the key
+    centre, a calibration mean, is off too: it costs the RoPE/store kernel one [Hkv, D] load)."""
     from lowc.schemes import parse_scheme
 
     s = parse_scheme(name)
     return s.replace(name=f"{s.name}-rtn", smooth_alpha=None, smooth_attention_alpha=None, clip_search=False,
-                     gptq=False)
+                     gptq=False, kv_key_center=False)
 
 
 def prompts(batch: int, length: int, vocab: int, device, seed: int = 1) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
     python bench/kv_cache_accuracy.py [--tokens 20480] [--window 1024] [--gen 64] [--json OUT]
 
-For each cache (kv16 = the model dtype, kv8, plain kv4, and kv4 with the key rotation — lowc's
-default for kv4), weights and activations unquantized (schemes w16a16, w16a16kv8, w16a16kv4 with
-kv_rotation off and on):
+For each cache (kv16 = the model dtype, kv8, plain kv4, kv4 with the key rotation, and kv4 with the
+rotation and the key centre — lowc's kv4 recipe in every scheme that calibrates), weights and
+activations unquantized (schemes w16a16, w16a16kv8, w16a16kv4 with kv_rotation off and on, and with
+kv_key_center, which calibrates on lowc's shipped text):
 - WikiText-2 test perplexity (lowc.eval protocol: first `tokens` tokens, windows of `window`), where
   attention reads K/V back from the (quantized) cache even in these full-window forwards;
 - agreement with the 16-bit cache over a generation: the kv16 model generates `gen` greedy tokens
@@ -53,7 +54,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--gen", type=int, default=64, help="generated tokens per prompt for the agreement figures")
     p.add_argument("--json", help="write the results here")
-    p.add_argument("--formats", default="kv16,kv8,kv4,kv4+rotation",
+    p.add_argument("--formats", default="kv16,kv8,kv4,kv4+rotation,kv4+rotation+center",
                    help="rows to run, comma-separated (kv16 first: it is the agreement reference)")
     args = p.parse_args()
 
@@ -71,12 +72,13 @@ def main() -> None:
 
     rows = {"kv16": parse_scheme("w16a16"), "kv8": parse_scheme("w16a16kv8"),
             "kv4": parse_scheme("w16a16kv4").replace(name="w16a16kv4-norot", kv_rotation=False),
-            "kv4+rotation": parse_scheme("w16a16kv4")}
+            "kv4+rotation": parse_scheme("w16a16kv4"),
+            "kv4+rotation+center": parse_scheme("w16a16kv4").replace(name="w16a16kv4-center", kv_key_center=True)}
     wanted = args.formats.split(",")
     if wanted[0] != "kv16" or any(w not in rows for w in wanted):
         raise SystemExit(f"--formats: choose from {', '.join(rows)}, starting with kv16")
     for label, scheme in ((w, rows[w]) for w in wanted):
-        qmodel = lowc.compile(model, scheme, progress=False)
+        qmodel = lowc.compile(model, scheme, tokenizer=tok, progress=False)
         spec = qmodel.kv_spec
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -86,6 +88,7 @@ def main() -> None:
                 forced = new
             logits = teacher_forced_logits(qmodel, prompts, forced)
         row = {"scheme": scheme.name, "format": spec.fmt, "key_rotation": scheme.kv_rotation,
+               "key_center": scheme.kv_key_center,
                "perplexity": ppl.perplexity,
                "bytes_per_token": spec.bytes_per_token(), "seconds": time.perf_counter() - t0}
         if ref_logits is None:

@@ -5,7 +5,7 @@
 
 For every activation that a linear reads, `calibrate` stores an `InputStats` (per-channel absmax,
 mean square, optionally H = X^T X / n) in `node.meta["lowc_stats"]` of each linear reading it; for
-every `lowc::attention` node, a `KeyStats` (per KV head and channel absmax of the post-RoPE keys) in
+every `lowc::attention` node, a `KeyStats` (per KV head and channel absmax and sum of the post-RoPE keys) in
 `node.meta["lowc_key_stats"]`. See lowc/passes/stats.py for what each field means.
 
 The default calibration set is `lowc.eval.calibration_batches`: 32 windows of 512 tokens drawn with

@@ -43,6 +43,7 @@ class Scheme:
     smooth_alpha: float | None = None  # SmoothQuant migration strength, None = no smoothing
     smooth_attention_alpha: float | None = None  # QoQ SmoothAttention strength for keys
     kv_rotation: bool = False  # Walsh-Hadamard rotation of keys and queries after RoPE (QuaRot)
+    kv_key_center: bool = False  # subtract each key channel's calibration mean before the KV quantizer
     clip_search: bool = False  # per-group weight clipping search
     gptq: bool = False  # GPTQ-style error compensation
     bit_balance: bool = False  # ABQ-LLM's W2* five-level grid
@@ -110,6 +111,8 @@ def default_pipeline(s: Scheme) -> tuple[str, ...]:
         steps.append("quantize")
         if s.route == "bitplane":
             steps.append("bitplane")
+    if s.kv_key_center and s.kv_bits < 16:
+        steps.append("center_keys")  # plans the centre the quantized cache's store subtracts
     steps.append("kv_cache")  # every scheme: K/V go through the runtime's cache (kv16 = model dtype)
     steps.append("fuse_glue")  # norm/residual/SiLU + activation quantization, RoPE + KV store: one op each
     steps.append("eliminate_dead_code")
@@ -151,12 +154,12 @@ PRESETS: dict[str, Scheme] = {
             # SmoothAttention (smooth_attention_alpha=0.5) is QoQ's key treatment; lowc rotates keys
             # instead: on SmolLM2 (4,096 WikiText-2 tokens, 16-bit weights, KV4) the rotation gives
             # 24.41, SmoothAttention 25.67, both 24.88 (FP32 23.08) — see docs/accuracy.md.
-            "w4a8kv4", w_bits=4, a_bits=8, kv_bits=4, smooth_alpha=0.5, kv_rotation=True,
+            "w4a8kv4", w_bits=4, a_bits=8, kv_bits=4, smooth_alpha=0.5, kv_rotation=True, kv_key_center=True,
             clip_search=True, gptq=True,
         ),
         _preset(
-            "w4a4", w_bits=4, a_bits=4, kv_bits=4, kv_rotation=True, n_outliers=128, smooth_alpha=0.5, clip_search=True,
-            gptq=True,
+            "w4a4", w_bits=4, a_bits=4, kv_bits=4, kv_rotation=True, kv_key_center=True, n_outliers=128,
+            smooth_alpha=0.5, clip_search=True, gptq=True,
         ),
         _preset("w2a8", w_bits=2, a_bits=8, clip_search=True, gptq=True),
         _preset("w3a8", w_bits=3, a_bits=8, clip_search=True, gptq=True),
@@ -185,13 +188,21 @@ def parse_scheme(name: str) -> Scheme:
     g = int(m["g"]) if m["g"] is not None else 128
     # A generic name inherits the recipe (smoothing, clipping, GPTQ, outliers) of the preset with the
     # same weight and activation bits, so "w4a8kv4-g64" is the w4a8kv4 recipe at group 64. A 4-bit KV
-    # cache always comes with the key rotation (lowc's KV4 recipe; kv_rotation=False to compare).
+    # cache always comes with the key rotation, and with the key centring wherever the recipe
+    # calibrates anyway (the centre is a calibration mean; w16a16kv4 stays calibration-free). Turn
+    # either off with .replace(kv_rotation=False) / .replace(kv_key_center=False) to compare.
     for preset in PRESETS.values():
         if (preset.w_bits, preset.a_bits) == (w, a):
             smooth_attn = preset.smooth_attention_alpha if kv != 16 else None
             return preset.replace(name=key, kv_bits=kv, group_size=g, smooth_attention_alpha=smooth_attn,
-                                  kv_rotation=kv == 4)
+                                  kv_rotation=kv == 4, kv_key_center=kv == 4 and calibrates(preset))
     return Scheme(name=key, w_bits=w, a_bits=a, kv_bits=kv, group_size=g, kv_rotation=kv == 4)
+
+
+def calibrates(s: Scheme) -> bool:
+    """Whether the scheme's passes read calibration statistics (so a key centre comes for free)."""
+    return (s.smooth_alpha is not None or s.smooth_attention_alpha is not None or bool(s.n_outliers)
+            or s.clip_search or s.gptq or s.kv_key_center)
 
 
 def list_schemes() -> list[str]:

@@ -156,7 +156,8 @@ def _fuse_silu_mul_quant(graph: fx.Graph, quant: fx.Node) -> str | None:
 
 
 # 5. rope_kv_store(k) + kv_store(v) + attention_kv(rope(q)) -> attention_kv(rope_qkv_store(q, k, v))
-#    (with the key rotation: rope_kv_store(k, rotate) + kv_store(v) + attention_kv(hadamard(rope(q))))
+#    (with the key rotation: rope_kv_store(k, rotate) + kv_store(v) + attention_kv(hadamard(rope(q)));
+#    a key centre, rope_kv_store(..., key_bias), moves into the fused op as is)
 def _fuse_rope_qkv(graph: fx.Graph, attn: fx.Node) -> str | None:
     q, k_cache, v_cache, slot_ids, cache_lens, new_lens = attn.args[:6]
     fmt = attn.args[-1]
@@ -166,6 +167,7 @@ def _fuse_rope_qkv(graph: fx.Graph, attn: fx.Node) -> str | None:
     if k_store is None or v_store is None:
         return None
     rotate = bool(k_store.args[8] if len(k_store.args) > 8 else k_store.kwargs.get("rotate", False))
+    key_bias = k_store.args[9] if len(k_store.args) > 9 else k_store.kwargs.get("key_bias")
     q_roped = q
     if rotate:  # the query's rotation must be there too, serving only this attention
         if not _is(q, lowc.hadamard.default) or len(q.users) != 1:
@@ -183,7 +185,8 @@ def _fuse_rope_qkv(graph: fx.Graph, attn: fx.Node) -> str | None:
     v = v_store.args[0]
     with graph.inserting_before(attn):
         fused = graph.call_function(lowc.rope_qkv_store.default,
-                                    (q_pre, k, v, cos, sin, k_cache, v_cache, *ctx, fmt, rotate))
+                                    (q_pre, k, v, cos, sin, k_cache, v_cache, *ctx, fmt, rotate,
+                                     *([key_bias] if key_bias is not None else [])))
     fused.meta.update({key: val for key, val in q.meta.items() if key == "val"})
     _stamp(fused, k_store, fmt)
     attn.replace_input_with(q, fused)

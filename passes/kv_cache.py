@@ -10,7 +10,9 @@ where ctx is three new graph inputs (`kv_slot_ids`, `kv_cache_lens`, `kv_new_len
 context, see lowc.ops.kv_ops) and each layer's cache parts (data, scale, zero per format) are new
 graph inputs too, in `KVCacheSpec.input_names()` order; the spec is left in
 `gm.meta["lowc_kv_cache"]` for the runtime. The format comes from the scheme (kv_bits 16/8/4 ->
-kv16 = model dtype, kv8, kv4). With the scheme's `kv_rotation`, keys are stored rotated
+kv16 = model dtype, kv8, kv4). Where center_keys planned a key centre c for a layer
+(`META_KEY_CENTER`), the store writes k - c (`rope_kv_store(..., key_bias=c)`, or `kv_store(k - c)`);
+exact in full precision, see passes/center_keys.py. With the scheme's `kv_rotation`, keys are stored rotated
 (`rope_kv_store(..., rotate=True)`, or `kv_store(lowc::hadamard(k))` when RoPE is not matched) and
 the queries are rotated the same way (`attention_kv(lowc::hadamard(q), ...)`): exact in full
 precision, since the normalized Walsh-Hadamard transform is orthogonal. When k is Llama's rotate-half RoPE of a tensor nothing else reads,
@@ -35,6 +37,8 @@ from lowc.errors import PassError
 from lowc.ir import META_FORMAT, META_SITE
 from lowc.ops.kv_ops import CONTEXT_INPUTS, KVCacheSpec, kv_format
 from lowc.passes.base import APPROXIMATE, PassContext, PassResult, register_pass
+from lowc.passes.center_keys import META_KEY_CENTER
+from lowc.passes.weights import new_attr
 
 META_KV_SPEC = "lowc_kv_cache"  # gm.meta key holding the KVCacheSpec
 META_KV_INPUT = "lowc_kv_input"  # placeholder meta: which context/cache tensor it is
@@ -59,9 +63,10 @@ def kv_cache(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     if rotate and spec.head_dim & (spec.head_dim - 1):
         raise PassError(f"kv_cache: the key rotation (kv_rotation) is a Walsh-Hadamard transform over head_dim, which "
                         f"must be a power of two; this model's is {spec.head_dim}. Use scheme.replace(kv_rotation=False)")
-    fused = 0
+    fused = centred = 0
     for attn in attns:
         q, k, v, scale, layer, window = attn.args
+        centre = attn.meta.get(META_KEY_CENTER)
         base = len(CONTEXT_INPUTS) + 2 * per_layer * layer
         names = spec.input_names()
         k_parts = [inputs[n] for n in names[base: base + per_layer]]
@@ -69,12 +74,16 @@ def kv_cache(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         with graph.inserting_before(attn):
             rope = _match_rope(k)
             if rope is not None:
+                bias = None if centre is None else new_attr(gm, f"lowc_key_center_{layer}", centre, attn)
                 k_store = graph.call_function(torch.ops.lowc.rope_kv_store.default,
-                                              (*rope, k_parts, *context, spec.fmt, rotate))
+                                              (*rope, k_parts, *context, spec.fmt, rotate, *([bias] if bias else [])))
                 fused += 1
             else:
                 if rotate:
                     k = graph.call_function(torch.ops.lowc.hadamard.default, (k,))
+                if centre is not None:
+                    bias = new_attr(gm, f"lowc_key_center_{layer}", centre[:, None, :].contiguous(), attn)
+                    k = graph.call_function(aten.sub.Tensor, (k, bias))
                 k_store = graph.call_function(torch.ops.lowc.kv_store.default, (k, k_parts, *context, spec.fmt))
             if rotate:
                 q_val = q.meta.get("val")
@@ -91,6 +100,7 @@ def kv_cache(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             node.meta[META_SITE] = {**site, "role": role}
         if "val" in attn.meta:
             new.meta["val"] = attn.meta["val"]
+        centred += centre is not None
         attn.replace_all_uses_with(new)
         graph.erase_node(attn)
     graph.eliminate_dead_code()  # the unfused k rotations, now unread
@@ -100,7 +110,7 @@ def kv_cache(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         ctx.sample_inputs = (*ctx.sample_inputs[:2], *spec.transient_inputs(ids.shape[0], ids.shape[1], ids.device))
     return PassResult(gm, modified=True, info={
         "format": spec.fmt, "layers": spec.layers, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
-        "rope_fused": fused, "key_rotation": rotate, "bytes_per_token": spec.bytes_per_token(),
+        "rope_fused": fused, "key_rotation": rotate, "keys_centred": centred, "bytes_per_token": spec.bytes_per_token(),
     })
 
 

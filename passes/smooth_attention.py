@@ -117,7 +117,7 @@ def smooth_attention(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             raise SchemeError(f"SmoothAttention: layer {attn.args[4]} has {n_q} query heads for {hkv} KV heads")
         scale_producer(gm, Producer("heads", k_lin, hkv * d), 1.0 / lam.reshape(-1))
         scale_producer(gm, Producer("heads", q_lin, n_q * d), lam.repeat_interleave(n_q // hkv, dim=0).reshape(-1))
-        stats.absmax = stats.absmax / lam
+        stats.divide_channels(lam)
         attn.meta["lowc_smooth_attention"] = lam
         layers += 1
     return PassResult(gm, modified=bool(layers), info={"alpha": alpha, "layers": layers})

@@ -4,7 +4,8 @@
 - on every `aten.linear` node, `META_STATS`: the `InputStats` of the activation it reads (linears
   that read the same activation, e.g. q/k/v, share one object): per-channel absmax and mean square,
   and, when asked for, the second-moment matrix H = X^T X / n that clipping and GPTQ use;
-- on every `lowc::attention` node, `META_KEY_STATS`: the `KeyStats` of its post-RoPE keys.
+- on every `lowc::attention` node, `META_KEY_STATS`: the `KeyStats` of its post-RoPE keys (per
+  channel absmax and sum).
 
 An exact rewrite changes the activation a linear reads in a known way (smoothing divides channel j
 by s_j, reordering permutes channels), so the pass updates the statistics itself with
@@ -82,16 +83,35 @@ class InputStats:
 
 @dataclass(eq=False)
 class KeyStats:
-    """Per-channel absmax of one layer's post-RoPE keys, [kv_heads, head_dim]."""
+    """Per-channel statistics of one layer's post-RoPE keys, [kv_heads, head_dim]: the absmax
+    (SmoothAttention) and the sum (the mean that center_keys subtracts)."""
 
     absmax: torch.Tensor
     tokens: int = 0
+    sum: torch.Tensor | None = None  # float64 [Hkv, D], sum of k over tokens
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """float32 [Hkv, D]: mean of each key channel over the calibration tokens."""
+        if self.sum is None or self.tokens == 0:
+            raise ValueError("these key statistics saw no tokens")
+        return (self.sum / self.tokens).float()
 
     def update(self, k: torch.Tensor) -> None:
         """Accumulate keys k [B, Hkv, T, D]."""
-        m = k.detach().to(torch.float32).abs().amax(dim=(0, 2))
-        self.absmax = m if self.tokens == 0 else torch.maximum(self.absmax, m)
+        k32 = k.detach().to(torch.float32)
+        m = k32.abs().amax(dim=(0, 2))
+        s = k32.double().sum(dim=(0, 2))
+        first = self.tokens == 0
+        self.absmax = m if first else torch.maximum(self.absmax, m)
+        self.sum = s if first or self.sum is None else self.sum + s
         self.tokens += k.shape[0] * k.shape[2]
+
+    def divide_channels(self, lam: torch.Tensor) -> None:
+        """The keys became k / lam (lam [Hkv, D] > 0): update in place."""
+        self.absmax = self.absmax / lam
+        if self.sum is not None:
+            self.sum = self.sum / lam.double()
 
 
 def stats_of(node) -> InputStats:

@@ -6,7 +6,8 @@
                  "add_rms_norm" -> (q, scale, sum) | (y, sum)   lowc::add_rms_norm_quant | add_rms_norm
                  "silu_mul" -> (q, scale)                  lowc::silu_mul_quant
         (fmt=None: no quantization, the float result y in the promoted dtype)
-    rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt) -> q_rot | None
+    rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False,
+                      key_bias=None) -> q_rot | None
         lowc::rope_qkv_store; with q=v=None lowc::rope_kv_store; with cos=sin=None too, lowc::kv_store
 
 Both run the generated kernels of `codegen/templates/fused_act_quant.py` and `fused_rope_store.py`
@@ -125,12 +126,16 @@ def _unit_last(t: torch.Tensor | None) -> torch.Tensor | None:
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
-def rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False, *,
-                      cache: KernelCache | None = None):
-    """RoPE on q and k (then the key rotation on both if `rotate`), k and v into the cache (see module
-    docstring); returns the rotated q or None."""
+def rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False,
+                      key_bias=None, *, cache: KernelCache | None = None):
+    """RoPE on q and k (then the key rotation on both if `rotate`, then the key centre `key_bias`
+    [Hkv, D] subtracted from k), k and v into the cache (see module docstring); returns the rotated q
+    or None."""
     if fmt not in KV_PARTS:
         raise KernelError(f"unknown KV cache format {fmt!r}; valid: {', '.join(KV_PARTS)}")
+    if key_bias is not None and cos is None:
+        raise KernelError("rope_store_triton: key_bias is applied after RoPE; lowc::kv_store has no centring "
+                          "(the kv_cache pass subtracts the centre in the graph there)")
     q, k, v, cos, sin = (_unit_last(t) for t in (q, k, v, cos, sin))
     b, hkv, t, d = k.shape
     if d & (d - 1) or d < 2 or (rotate and d > 256):
@@ -154,8 +159,10 @@ def rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens,
                 *_strides4(q), *_strides4(k), *_strides4(v),
                 cos if rope else k, sin if rope else k, *cs, q_out,
                 *parts_k, *parts_v, slot_ids, cache_lens, new_lens,
+                _unit_last(key_bias) if key_bias is not None else k,
                 t, hq, hkv, k_cache[0].shape[2],
-                ROPE_K=rope, HAS_V=v is not None, ROTATE=bool(rotate), RSQRT_D=d ** -0.5, HEAD_DIM=d, BLOCK_T=block_t,
+                ROPE_K=rope, HAS_V=v is not None, ROTATE=bool(rotate), CENTER_K=key_bias is not None,
+                RSQRT_D=d ** -0.5, HEAD_DIM=d, BLOCK_T=block_t,
                 enable_fp_fusion=False,  # x*cos + rot*sin must not become an FMA: bit-exact RoPE
             )
         except Exception as e:
@@ -228,19 +235,23 @@ def _cuda_kernels() -> dict:
         d = x.shape[-1]
         return None if d >= 2 and not d & (d - 1) else f"head_dim {d} is not a power of two"
 
-    def rope_qkv_store(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False):
-        f._check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate)
+    def rope_qkv_store(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False,
+                       key_bias=None):
+        f._check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate, key_bias)
         if _fallback("lowc::rope_qkv_store", k, pow2_dim(k)):
             return f.rope_qkv_store_reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens,
-                                              fmt, rotate)
-        return rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate)
+                                              fmt, rotate, key_bias)
+        return rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate,
+                                 key_bias)
 
-    def rope_kv_store(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate=False):
+    def rope_kv_store(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate=False, key_bias=None):
+        kv_ops.check_key_bias(x, key_bias, "lowc::rope_kv_store")
         kv_ops._check_cache(x, cache, fmt, "lowc::rope_kv_store")
         kv_ops._check_context(x.shape[0], slot_ids, cache_lens, new_lens, "lowc::rope_kv_store")
         if _fallback("lowc::rope_kv_store", x, pow2_dim(x)):
-            return kv_ops.rope_kv_store_reference(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate)
-        rope_store_triton(None, x, None, cos, sin, cache, None, slot_ids, cache_lens, new_lens, fmt, rotate)
+            return kv_ops.rope_kv_store_reference(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate,
+                                                  key_bias)
+        rope_store_triton(None, x, None, cos, sin, cache, None, slot_ids, cache_lens, new_lens, fmt, rotate, key_bias)
 
     def kv_store(x, cache, slot_ids, cache_lens, new_lens, fmt):
         kv_ops._check_cache(x, cache, fmt, "lowc::kv_store")

@@ -10,7 +10,9 @@ t >= T - new_lens[b] and goes to cache position cache_lens[b] + t - (T - new_len
 rotated (for q) but never stored. With ROTATE (the scheme's kv_rotation), q and k go through the
 key rotation after RoPE: the normalized Walsh-Hadamard transform over head_dim
 (lowc.ops.kv_ops.hadamard_reference), with the same float32 butterflies in the same order, so the
-result is bit-identical too.
+result is bit-identical too. With CENTER_K (the scheme's kv_key_center), the stored keys are
+centred after that: k - key_bias[head] in float32, rounded to the RoPE dtype
+(lowc.ops.kv_ops.center_key_reference).
 
 RoPE is x*cos + rotate_half(x)*sin with each product and the sum rounded to the output dtype, the
 eager graph's order, so it is bit-identical to lowc.ops.kv_ops.rotate_half_rope: the launcher turns
@@ -118,9 +120,9 @@ def rope_store_kernel(
     q_ptr, k_ptr, v_ptr, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
     cos_ptr, sin_ptr, sc_b, sc_t, ss_b, ss_t, qo_ptr,
     kd_ptr, ks_ptr, kz_ptr, vd_ptr, vs_ptr, vz_ptr,
-    slot_ptr, clen_ptr, nlen_ptr,
+    slot_ptr, clen_ptr, nlen_ptr, kb_ptr,
     T, HQ, HKV, MAX_TOKENS,
-    ROPE_K: tl.constexpr, HAS_V: tl.constexpr, ROTATE: tl.constexpr, RSQRT_D: tl.constexpr,
+    ROPE_K: tl.constexpr, HAS_V: tl.constexpr, ROTATE: tl.constexpr, CENTER_K: tl.constexpr, RSQRT_D: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     n_tb = tl.cdiv(T, BLOCK_T)
@@ -153,6 +155,9 @@ def rope_store_kernel(
                 y = rope_tile(base, sk_t, cos_base, sin_base, sc_t, ss_t, t, tmask, d, out_ty, HEAD_DIM)
                 if ROTATE:
                     y = hadamard_tile(y, out_ty, RSQRT_D, HEAD_DIM, BLOCK_T)
+                if CENTER_K:
+                    centre = tl.load(kb_ptr + head * HEAD_DIM + d).to(tl.float32)
+                    y = round_to(y.to(tl.float32) - centre[None, :], out_ty)
             else:
                 y = tl.load(base + t[:, None] * sk_t + d[None, :], mask=tmask[:, None], other=0.0)
             row = (slot * HKV + head) * MAX_TOKENS + pos
@@ -165,7 +170,7 @@ def rope_store_kernel(
             store_kv(y, vd_ptr, vs_ptr, vz_ptr, row, valid, d, HEAD_DIM, BLOCK_T)
 
 
-def reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, rotate=False):
+def reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, rotate=False, key_bias=None):
     """The plain-torch truth: lowc.ops.fused_ops.rope_qkv_store_reference (q and v may be None for
     lowc::rope_kv_store; cos and sin None too for lowc::kv_store); returns the rotated q or None."""
     from lowc.ops.fused_ops import rope_qkv_store_reference
@@ -173,9 +178,9 @@ def reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_len
 
     if q is not None:
         return rope_qkv_store_reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, FORMAT,
-                                        rotate)
+                                        rotate, key_bias)
     if cos is None:
         kv_store_reference(k, k_cache, slot_ids, cache_lens, new_lens, FORMAT)
     else:
-        rope_kv_store_reference(k, cos, sin, k_cache, slot_ids, cache_lens, new_lens, FORMAT, rotate)
+        rope_kv_store_reference(k, cos, sin, k_cache, slot_ids, cache_lens, new_lens, FORMAT, rotate, key_bias)
     return None

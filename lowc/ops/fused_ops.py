@@ -7,7 +7,7 @@
     lowc::silu_mul_quant(Tensor gate, Tensor up, str fmt) -> (Tensor q, Tensor scale)
     lowc::rope_qkv_store(Tensor q, Tensor k, Tensor v, Tensor cos, Tensor sin, Tensor(a!)[] k_cache,
                          Tensor(b!)[] v_cache, Tensor slot_ids, Tensor cache_lens, Tensor new_lens,
-                         str fmt, bool rotate=False) -> Tensor q_rotated
+                         str fmt, bool rotate=False, Tensor? key_bias=None) -> Tensor q_rotated
 
 Each is, by definition, the composition of unfused ops it replaces, and its reference below is
 literally that composition (the truth and the test oracle):
@@ -17,7 +17,8 @@ literally that composition (the truth and the test oracle):
 - `silu_mul` is `aten.silu(gate) * up` (SwiGLU, rounded to the input dtype after each op, as eager);
 - `rope_qkv_store` rotates q (returned) and k with Llama's rotate-half RoPE and stores k and v into
   the layer's cache exactly as `lowc::rope_kv_store(k)` then `lowc::kv_store(v)` do (lowc.ops.kv_ops);
-  with `rotate`, q and k also go through the key rotation (`lowc::hadamard`) after RoPE.
+  with `rotate`, q and k also go through the key rotation (`lowc::hadamard`) after RoPE; with
+  `key_bias`, the stored keys are centred (k - key_bias; lowc.ops.kv_ops explains why that is exact).
 The pass `fuse_glue` (lowc.passes.fuse_glue) introduces them; lowc.runtime.fused registers the
 Triton kernels as their CUDA implementation. Core module: imports torch and lowc's core only.
 """
@@ -28,7 +29,8 @@ import torch
 from torch import Tensor
 
 from lowc.errors import QuantizationError
-from lowc.ops.kv_ops import _check_cache, _check_context, hadamard_reference, kv_store_reference, rotate_half_rope
+from lowc.ops.kv_ops import (_check_cache, _check_context, check_key_bias, hadamard_reference, kv_store_reference,
+                             rotate_half_rope, stored_key)
 from lowc.ops.norm import rms_norm_reference
 from lowc.quant.activations import quantize_activation
 from lowc.quant.spec import parse_format
@@ -68,9 +70,9 @@ def silu_mul_quant_reference(gate: Tensor, up: Tensor, fmt: str) -> tuple[Tensor
 
 def rope_qkv_store_reference(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, k_cache: list[Tensor],
                              v_cache: list[Tensor], slot_ids: Tensor, cache_lens: Tensor, new_lens: Tensor,
-                             fmt: str, rotate: bool = False) -> Tensor:
-    k = rotate_half_rope(k, cos, sin)
-    kv_store_reference(hadamard_reference(k) if rotate else k, k_cache, slot_ids, cache_lens, new_lens, fmt)
+                             fmt: str, rotate: bool = False, key_bias: Tensor | None = None) -> Tensor:
+    k = stored_key(rotate_half_rope(k, cos, sin), rotate, key_bias)
+    kv_store_reference(k, k_cache, slot_ids, cache_lens, new_lens, fmt)
     kv_store_reference(v, v_cache, slot_ids, cache_lens, new_lens, fmt)
     q = rotate_half_rope(q, cos, sin)
     return (hadamard_reference(q) if rotate else q).contiguous()  # [B, H, T, D] row-major, as the kernel writes it
@@ -156,7 +158,7 @@ def _silu_mul_quant_fake(gate, up, fmt):
 
 
 def _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt,
-                    rotate: bool = False) -> None:
+                    rotate: bool = False, key_bias=None) -> None:
     op = "lowc::rope_qkv_store"
     if q.dim() != 4 or k.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise QuantizationError(
@@ -173,6 +175,7 @@ def _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, n
     for name, t in (("cos", cos), ("sin", sin)):
         if t.dim() != 4 or t.shape[1] != 1 or t.shape[-1] != q.shape[-1]:
             raise QuantizationError(f"{op}: {name} must be [B, 1, T, D] (broadcast over heads), got {tuple(t.shape)}")
+    check_key_bias(k, key_bias, op)
     _check_cache(k, k_cache, fmt, op)
     _check_cache(v, v_cache, fmt, op)
     _check_context(k.shape[0], slot_ids, cache_lens, new_lens, op)
@@ -181,13 +184,15 @@ def _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, n
 @torch.library.custom_op("lowc::rope_qkv_store", mutates_args=("k_cache", "v_cache"))
 def rope_qkv_store(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, k_cache: list[Tensor],
                    v_cache: list[Tensor], slot_ids: Tensor, cache_lens: Tensor, new_lens: Tensor,
-                   fmt: str, rotate: bool = False) -> Tensor:
+                   fmt: str, rotate: bool = False, key_bias: Tensor | None = None) -> Tensor:
     """RoPE on q (returned) and k, then k and v quantized into the layer's cache: one op per layer."""
-    _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate)
-    return rope_qkv_store_reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate)
+    _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate, key_bias)
+    return rope_qkv_store_reference(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate,
+                                    key_bias)
 
 
 @rope_qkv_store.register_fake
-def _rope_qkv_store_fake(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False):
-    _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate)
+def _rope_qkv_store_fake(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False,
+                         key_bias=None):
+    _check_rope_qkv(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate, key_bias)
     return torch.empty_like(q, memory_format=torch.contiguous_format)

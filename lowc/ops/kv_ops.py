@@ -3,7 +3,8 @@
     lowc::kv_store(Tensor x, Tensor(a!)[] cache, Tensor slot_ids, Tensor cache_lens, Tensor new_lens,
                    str fmt) -> ()
     lowc::rope_kv_store(Tensor x, Tensor cos, Tensor sin, Tensor(a!)[] cache, Tensor slot_ids,
-                        Tensor cache_lens, Tensor new_lens, str fmt, bool rotate=False) -> ()
+                        Tensor cache_lens, Tensor new_lens, str fmt, bool rotate=False,
+                        Tensor? key_bias=None) -> ()
     lowc::hadamard(Tensor x) -> Tensor
     lowc::attention_kv(Tensor q, Tensor[] k_cache, Tensor[] v_cache, Tensor slot_ids, Tensor cache_lens,
                        Tensor new_lens, float scale, int layer_idx, int sliding_window, str fmt) -> Tensor
@@ -28,6 +29,12 @@ has to run after RoPE (no fixed rotation commutes with RoPE's position-dependent
 online, inside the RoPE + store op. `hadamard_reference` fixes its arithmetic: float32 butterflies
 in a fixed order, then one multiply by 1/sqrt(D), rounded to x's dtype (kernels reproduce it bit
 for bit).
+Key centering (`key_bias`, the scheme's `kv_key_center`): a fixed vector c [H, D] per layer (the
+calibration mean of the stored keys) is subtracted before the key is quantized, so the cache holds
+k - c. Attention needs no correction: q.(k - c) = q.k - q.c, and q.c is the same for every key a
+query reads, which softmax cancels; so the centering is exact in full precision, while the per-token
+4-bit grid no longer spends its range on the channel offsets every token shares. The subtraction is
+in float32, rounded to the key's dtype (`center_key_reference`).
 
 Values are quantized when written and dequantized inside attention, so prefill attention already
 sees quantized keys and values (the papers' accuracy protocol). The references below are the truth
@@ -209,6 +216,30 @@ def hadamard_reference(x: Tensor) -> Tensor:
     return (y.reshape(x.shape) * torch.tensor(d ** -0.5, dtype=torch.float32)).to(x.dtype)
 
 
+def center_key_reference(k: Tensor, key_bias: Tensor | None) -> Tensor:
+    """k [B, H, T, D] - key_bias [H, D] (broadcast over batch and tokens), in float32, rounded to k's dtype."""
+    if key_bias is None:
+        return k
+    return (k.to(torch.float32) - key_bias.to(torch.float32)[:, None, :]).to(k.dtype)
+
+
+def stored_key(k: Tensor, rotate: bool, key_bias: Tensor | None) -> Tensor:
+    """What the cache stores for post-RoPE keys k: the rotation (if `rotate`), then the centering."""
+    return center_key_reference(hadamard_reference(k) if rotate else k, key_bias)
+
+
+def check_key_bias(k: Tensor, key_bias: Tensor | None, op: str) -> None:
+    """key_bias must be a floating [Hkv, D] tensor on k's device (one centre per KV head)."""
+    if key_bias is None:
+        return
+    want = (k.shape[1], k.shape[-1])
+    if key_bias.dim() != 2 or tuple(key_bias.shape) != want or not key_bias.is_floating_point():
+        raise CacheError(f"{op}: key_bias must be a float tensor [Hkv, D] = {list(want)} (one centre per KV head), "
+                         f"got {key_bias.dtype} {tuple(key_bias.shape)}")
+    if key_bias.device != k.device:
+        raise CacheError(f"{op}: key_bias is on {key_bias.device} but the keys are on {k.device}")
+
+
 def _encode(x: Tensor, fmt: str) -> list[Tensor]:
     """x [B, H, T, D] -> the cache parts' values for every token (per token per head)."""
     if fmt == "kv16":
@@ -308,21 +339,24 @@ def _kv_store_fake(x, cache, slot_ids, cache_lens, new_lens, fmt):
 
 
 def rope_kv_store_reference(x: Tensor, cos: Tensor, sin: Tensor, cache: list[Tensor], slot_ids: Tensor,
-                            cache_lens: Tensor, new_lens: Tensor, fmt: str, rotate: bool = False) -> None:
-    k = rotate_half_rope(x, cos, sin)
-    kv_store_reference(hadamard_reference(k) if rotate else k, cache, slot_ids, cache_lens, new_lens, fmt)
+                            cache_lens: Tensor, new_lens: Tensor, fmt: str, rotate: bool = False,
+                            key_bias: Tensor | None = None) -> None:
+    k = stored_key(rotate_half_rope(x, cos, sin), rotate, key_bias)
+    kv_store_reference(k, cache, slot_ids, cache_lens, new_lens, fmt)
 
 
 @torch.library.custom_op("lowc::rope_kv_store", mutates_args=("cache",))
 def rope_kv_store(x: Tensor, cos: Tensor, sin: Tensor, cache: list[Tensor], slot_ids: Tensor, cache_lens: Tensor,
-                  new_lens: Tensor, fmt: str, rotate: bool = False) -> None:
-    """RoPE on pre-rotation keys (then the key rotation if `rotate`), then kv_store: one pass over K
-    from projection to cache."""
-    rope_kv_store_reference(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate)
+                  new_lens: Tensor, fmt: str, rotate: bool = False, key_bias: Tensor | None = None) -> None:
+    """RoPE on pre-rotation keys (then the key rotation if `rotate`, then minus the key centre
+    `key_bias` if given), then kv_store: one pass over K from projection to cache."""
+    check_key_bias(x, key_bias, "lowc::rope_kv_store")
+    rope_kv_store_reference(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate, key_bias)
 
 
 @rope_kv_store.register_fake
-def _rope_kv_store_fake(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate=False):
+def _rope_kv_store_fake(x, cos, sin, cache, slot_ids, cache_lens, new_lens, fmt, rotate=False, key_bias=None):
+    check_key_bias(x, key_bias, "lowc::rope_kv_store")
     _check_cache(x, cache, fmt, "lowc::rope_kv_store")
     _check_context(x.shape[0], slot_ids, cache_lens, new_lens, "lowc::rope_kv_store")
 

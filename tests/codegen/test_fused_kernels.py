@@ -155,6 +155,41 @@ def test_rope_kv_store_with_key_rotation(cache, fmt):
     assert all(torch.equal(a, b) for a, b in zip(mine, kc))
 
 
+def _key_centre(hkv, d, dtype, device=DEVICE, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(hkv, d, generator=g) * 2).to(dtype).to(device)
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_qkv_store_with_key_centre_is_bit_identical(cache, dtype, rotate):
+    spec, q, k, v, cos, sin, ctx, tensors = _kv_case("kv4", dtype, seed=4)
+    centre = _key_centre(2, 16, dtype)
+    mine, theirs, plain = ([t.clone() for t in tensors] for _ in range(3))
+    q_rot = fused.rope_store_triton(q, k, v, cos, sin, *spec.layer_tensors(mine, 0), *ctx, "kv4", rotate, centre,
+                                    cache=cache)
+    expect = fused_ops.rope_qkv_store_reference(q, k, v, cos, sin, *spec.layer_tensors(theirs, 0), *ctx, "kv4", rotate,
+                                                centre)
+    assert torch.equal(q_rot, expect) and all(torch.equal(a, b) for a, b in zip(mine, theirs))
+    fused_ops.rope_qkv_store_reference(q, k, v, cos, sin, *spec.layer_tensors(plain, 0), *ctx, "kv4", rotate)
+    assert not torch.equal(mine[0], plain[0])  # the centre was subtracted
+
+
+@pytest.mark.parametrize("fmt", ["kv16", "kv8"])
+def test_rope_kv_store_with_key_centre(cache, fmt):
+    from lowc.ops.kv_ops import rope_kv_store_reference
+
+    spec, _, k, _, cos, sin, ctx, tensors = _kv_case(fmt, torch.bfloat16, seed=6)
+    centre = _key_centre(2, 16, torch.bfloat16)
+    kc, _ = spec.layer_tensors(tensors, 0)
+    mine = [t.clone() for t in kc]
+    fused.rope_store_triton(None, k, None, cos, sin, mine, None, *ctx, fmt, False, centre, cache=cache)
+    rope_kv_store_reference(k, cos, sin, kc, *ctx, fmt, False, centre)
+    assert all(torch.equal(a, b) for a, b in zip(mine, kc))
+    with pytest.raises(KernelError, match="after RoPE"):
+        fused.rope_store_triton(None, k, None, None, None, mine, None, *ctx, fmt, False, centre, cache=cache)
+
+
 @pytest.mark.parametrize("fmt", ["kv8", "kv4"])
 def test_kv_store_and_rope_kv_store_modes(cache, fmt):
     from lowc.ops.kv_ops import kv_store_reference, rotate_half_rope
@@ -210,8 +245,10 @@ def test_gpu_fused_kernels_at_llama_sizes(dtype):
     cpu = [t.cpu() for t in (q, k, v, cos, sin)]
     expect = fused_ops.rope_qkv_store_reference(*cpu, *spec.layer_tensors(theirs, 0), *(t.cpu() for t in ctx), "kv4")
     assert torch.equal(q_rot.cpu(), expect) and all(torch.equal(a.cpu(), b) for a, b in zip(mine, theirs))
-    mine, theirs = [t.clone() for t in tensors], [t.cpu() for t in tensors]  # with the key rotation
-    q_rot = fused.rope_store_triton(q, k, v, cos, sin, *spec.layer_tensors(mine, 0), *ctx, "kv4", True)
-    expect = fused_ops.rope_qkv_store_reference(*cpu, *spec.layer_tensors(theirs, 0), *(t.cpu() for t in ctx), "kv4",
-                                                True)
-    assert torch.equal(q_rot.cpu(), expect) and all(torch.equal(a.cpu(), b) for a, b in zip(mine, theirs))
+    centre = _key_centre(8, 128, dtype)
+    for extra in ((True,), (True, centre)):  # with the key rotation, then also the key centre
+        mine, theirs = [t.clone() for t in tensors], [t.cpu() for t in tensors]
+        q_rot = fused.rope_store_triton(q, k, v, cos, sin, *spec.layer_tensors(mine, 0), *ctx, "kv4", *extra)
+        expect = fused_ops.rope_qkv_store_reference(*cpu, *spec.layer_tensors(theirs, 0), *(t.cpu() for t in ctx),
+                                                    "kv4", *(e.cpu() if torch.is_tensor(e) else e for e in extra))
+        assert torch.equal(q_rot.cpu(), expect) and all(torch.equal(a.cpu(), b) for a, b in zip(mine, theirs))

@@ -28,8 +28,9 @@ def _scheme(name):
 def compiled():
     model = tiny_model("llama", layers=LAYERS)
     scheme = _scheme("w4a8kv4")
-    plain = lowc.compile(model, scheme=_without_fusion(scheme), progress=False)
-    fused = lowc.compile(model, scheme=scheme, progress=False)  # every default pipeline runs fuse_glue
+    calib = torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(0))  # for the key centre
+    plain = lowc.compile(model, scheme=_without_fusion(scheme), calibration=calib, progress=False)
+    fused = lowc.compile(model, scheme=scheme, calibration=calib, progress=False)  # default pipelines run fuse_glue
     return model, plain, fused
 
 
@@ -59,8 +60,10 @@ def test_fused_nodes_replace_the_glue(compiled):
     _, plain, fused = compiled
     gm = fused.graph_module
     assert _count(gm, ops.rope_qkv_store.default) == LAYERS
-    # w4a8kv4 rotates keys and queries: the fused op does it, no separate rotation is left.
-    assert all(n.args[-1] is True for n in gm.graph.nodes if n.target is ops.rope_qkv_store.default)
+    # w4a8kv4 rotates keys and queries and centres the keys: the fused op does both, no separate
+    # rotation is left.
+    stores = [n for n in gm.graph.nodes if n.target is ops.rope_qkv_store.default]
+    assert all(n.args[-2] is True and n.args[-1].op == "get_attr" for n in stores)
     assert _count(gm, ops.hadamard.default) == 0 and _count(plain.graph_module, ops.hadamard.default) == LAYERS
     assert _count(gm, ops.rope_kv_store.default) == 0 and _count(gm, ops.kv_store.default) == 0
     assert _count(gm, ops.rms_norm_quant.default) == 1  # layer 0's input norm: no residual add before it

@@ -120,7 +120,7 @@ def test_compiled_buffers_hold_no_autograd_history():
 
     model = tiny_model("llama", layers=1)
     scheme = lowc.parse_scheme("w4a8kv4").replace(smooth_alpha=None, clip_search=False, gptq=False)
-    q = lowc.compile(model, scheme, progress=False)
+    q = lowc.compile(model, scheme, calibration=torch.randint(0, 256, (4, 64)), progress=False)
     held = [name for name, t in [*q.graph_module.named_buffers(), *q.graph_module.named_parameters()]
             if t.grad_fn is not None]
     assert held == []

@@ -30,3 +30,22 @@ def test_key_stats_take_the_max_over_batch_and_time():
     ks.update(k[1:])
     torch.testing.assert_close(ks.absmax, k.abs().amax(dim=(0, 2)))
     assert ks.tokens == 10
+
+
+def test_key_stats_mean_is_over_every_token_and_follows_a_channel_division():
+    k = torch.randn(2, 3, 5, 4) + torch.arange(4.0)  # channel j has mean about j
+    ks = KeyStats(torch.zeros(0))
+    ks.update(k[:1])
+    ks.update(k[1:])
+    torch.testing.assert_close(ks.mean, k.mean(dim=(0, 2)))
+    lam = torch.rand(3, 4) + 0.5
+    ks.divide_channels(lam)
+    torch.testing.assert_close(ks.mean, (k / lam[None, :, None, :]).mean(dim=(0, 2)))
+    torch.testing.assert_close(ks.absmax, (k / lam[None, :, None, :]).abs().amax(dim=(0, 2)))
+
+
+def test_key_stats_without_tokens_have_no_mean():
+    import pytest
+
+    with pytest.raises(ValueError, match="no tokens"):
+        KeyStats(torch.zeros(0)).mean
