@@ -14,7 +14,7 @@ The floor of each side is the bytes it must read (K and V data, scales and zeros
 written) over the device-to-device copy bandwidth measured in the same run (bytes read + written per
 second): `floor %` = floor time / measured time. For lowc the table gives the default launch
 configuration, the previous default, and the best of a small sweep (BLOCK_N x warps x stages x splits
-x MMA rows x register cap). With --launches it also counts the CUDA kernels one decoder layer launches
+x MMA rows x register cap x K/V staged through shared memory). With --launches it also counts the CUDA kernels one decoder layer launches
 in a decode step of a compiled w4a8kv4 model (profiled difference between a 2-layer and a 1-layer
 model), with and without the fuse_glue pass.
 """
@@ -33,13 +33,14 @@ HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 BATCHES = (16, 64)
 LENGTHS = (1024, 4096, 16384)
 L2_FLUSH_BYTES = 256 * 2**20  # rotate over copies until one pass of the graph reads this much
-CONFIG_SWEEP = [  # (BLOCK_N, warps, stages, split multiplier, unpack_asm, block_h, maxnreg); first = default
-    (128, 4, None, 1, True, 8, 128),  # stages None: the format's default (DEFAULT_STAGES)
-    (128, 4, 3, 1, True, 16, None),  # the previous default ("before" column)
-    (128, 4, 3, 1, True, 8, None), (128, 4, 3, 1, True, 16, 128), (128, 4, 3, 1, True, 4, 128),
-    (128, 4, 2, 1, True, 8, 128), (256, 8, 2, 1, True, 8, 128), (128, 4, 3, 2, True, 8, 128),
+CONFIG_SWEEP = [  # (BLOCK_N, warps, stages, split multiplier, unpack_asm, block_h, maxnreg, stage_k, stage_v); first = default
+    (128, 4, None, 1, True, 8, 128, False, False),  # stages None: the format's default (DEFAULT_STAGES)
+    (128, 4, 2, 1, True, 8, 128, False, True), (128, 4, 3, 1, True, 8, 128, False, True),
+    (128, 4, 2, 1, True, 8, 128, True, True), (128, 4, 2, 1, True, 16, 128, True, True),
+    (128, 4, 3, 1, True, 16, 128, True, True), (256, 8, 2, 1, True, 8, 128, False, True),
+    (128, 4, 2, 2, True, 8, 128, False, True), (64, 4, 3, 1, True, 8, 128, False, True),
 ]
-BEFORE = 1  # index of the previous default in CONFIG_SWEEP
+BEFORE = 0  # index of the previous default in CONFIG_SWEEP (the default did not change in the last run)
 
 
 def cache_bytes(fmt: str, b: int, s: int) -> int:
@@ -168,19 +169,20 @@ def run_attention(quick: bool) -> dict:
                 make, check = lowc_case(fmt, b, s, q)
                 sweep = CONFIG_SWEEP[:BEFORE + 1] if quick else CONFIG_SWEEP
                 results = []
-                for bn, warps, stages, mult, asm, block_h, maxnreg in sweep:
+                for bn, warps, stages, mult, asm, block_h, maxnreg, stage_k, stage_v in sweep:
                     if fmt != "kv4" and not asm:
                         continue  # the unpacking choice only exists for kv4
                     splits = max(1, default_splits(b * KV_HEADS, s, q.device, bn) * mult)
                     cfg = DecodeConfig(BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm,
-                                       block_h=block_h, maxnreg=maxnreg)
+                                       block_h=block_h, maxnreg=maxnreg, stage_k=stage_k, stage_v=stage_v)
                     try:
                         t = bench_ms(make(cfg))
                         err = check(cfg) if s <= 4096 else None
                     except Exception as e:  # a config that does not compile or fit: record and go on
                         print(f"  {fmt} {cfg}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                         continue
-                    results.append({"config": [bn, warps, stages or DEFAULT_STAGES[fmt], splits, asm, block_h, maxnreg],
+                    results.append({"config": [bn, warps, stages or DEFAULT_STAGES[fmt], splits, asm, block_h, maxnreg,
+                                               stage_k, stage_v],
                                     "us": t * 1e3,
                                     "rel_err": err})
                 best = min((r for r in results if r["rel_err"] is None or r["rel_err"] < 2e-2), key=lambda r: r["us"])
@@ -249,8 +251,8 @@ def table(result: dict) -> str:
         f"Device: {result.get('device', '?')}; torch {result.get('torch', '?')}, Triton {result.get('triton', '?')}; "
         f"read bandwidth {bw:.2f} TB/s (4 GiB sum), copy {result['copy_bw_bytes_per_s'] / 1e12:.2f} TB/s (read + write). "
         "Times in µs (CUDA-graph replay, median); floor % = (bytes read / read bandwidth) / time; speed-up = SDPA "
-        "time / lowc time; before = the previous default launch (16 MMA rows, no register cap) in the same run; "
-        "config = [BLOCK_N, warps, stages, splits, inline-PTX unpack, block_h, maxnreg].",
+        "time / lowc time; before = the previous default launch (CONFIG_SWEEP[BEFORE]) in the same run; "
+        "config = [BLOCK_N, warps, stages, splits, inline-PTX unpack, block_h, maxnreg, stage_k, stage_v].",
         "",
         "| B | S | SDPA BF16 µs (floor %) | KV4 before µs (×SDPA) | KV4 default µs (floor %, ×SDPA) | KV4 best µs (floor %, ×SDPA) [config] | KV8 before µs (×SDPA) | KV8 default µs (floor %, ×SDPA) | KV8 best µs (floor %, ×SDPA) [config] |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -45,6 +45,8 @@ class DecodeConfig:
     rows for Llama's group of 4 halves the padded softmax and accumulator registers of 16.
     maxnreg: register cap per thread (GPU only). Uncapped, ptxas took 200 registers for the default
     tile, which left 2 programs (8 warps) per multiprocessor; 128 fits 4 without spilling at block_h 8.
+    stage_k / stage_v: 15% fewer instructions per tile (stage_v) but no faster on the H200 (the extra
+    shared-memory round trip and barriers; kv8's larger shared memory costs a program per multiprocessor).
     """
 
     BLOCK_N: int = 128
@@ -54,6 +56,8 @@ class DecodeConfig:
     unpack_asm: bool = True  # kv4: unpack nibbles with inline PTX (GPU only; see the template)
     block_h: int = 8
     maxnreg: int | None = 128
+    stage_k: bool = False  # dequantized K tile through shared memory in the 16-bit MMA layout (template: staged())
+    stage_v: bool = False  # same for V (no byte-wise V gathers); measured no faster, see docs/kernels-attention.md
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
                 float(scale), hkv, max_tokens, int(sliding_window),
                 GROUP=group, HEAD_DIM=d, D_LOAD=d_load, BLOCK_H=block_h, BLOCK_N=cfg.BLOCK_N,
                 NUM_SPLITS=splits, PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted,
+                STAGE_K=cfg.stage_k and fmt != "kv16", STAGE_V=cfg.stage_v and fmt != "kv16",
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages or DEFAULT_STAGES[fmt],
                 **_register_cap(cfg.maxnreg, interpreted),
             )

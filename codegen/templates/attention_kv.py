@@ -96,6 +96,21 @@ def nibble_operands(raw, UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr):
 
 
 @triton.jit
+def staged(x, STAGE: tl.constexpr, INTERPRETED: tl.constexpr):
+    """x unchanged; with STAGE, behind an opaque (side-effecting) register move. Triton picks a dot
+    operand's register layout from the narrowest load feeding it: for an 8-bit cache that is 4
+    consecutive contraction elements per thread (k-width 4), which costs a register copy per MMA
+    operand quad (q side) and byte-wise gathers of V (its contraction axis, tokens, is strided).
+    The opaque move hides the 8-bit origin: Triton then writes the dequantized tile to shared memory
+    once and reads it back with ldmatrix in the 16-bit MMA layout (docs/kernels-attention.md). float32
+    dots (and the interpreter) ignore STAGE."""
+    if STAGE and not INTERPRETED and DOT_DTYPE != tl.float32:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=2)
+    else:
+        return x
+
+
+@triton.jit
 def nibble_bias():
     """The constant nibble_operand adds to every code."""
     if DOT_DTYPE == tl.bfloat16:
@@ -142,19 +157,21 @@ def load_scales(s_ptr, z_ptr, tok, tmask):
 
 @triton.jit
 def tile_scores(qa, qb, qsum, d_ptr, s, z, tok, tmask, D_LOAD: tl.constexpr, PRECISION: tl.constexpr,
-                UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr):
+                UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr, STAGE: tl.constexpr = False):
     """q . k for the BLOCK_N cached tokens `tok` of one (slot, head), with their scales s and zeros z:
-    float32 [rows, BLOCK_N]."""
+    float32 [rows, BLOCK_N]. STAGE: see staged()."""
     j = tl.arange(0, D_LOAD)
     raw = tl.load(d_ptr + tok[:, None] * D_LOAD + j[None, :], mask=tmask[:, None], other=0)
     if KV_BITS == 4:
         lo, hi = nibble_operands(raw, UNPACK_ASM, INTERPRETED)
+        lo = staged(lo, STAGE, INTERPRETED)
+        hi = staged(hi, STAGE, INTERPRETED)
         acc = tl.dot(qa, tl.trans(lo), input_precision=PRECISION)
         acc = tl.dot(qb, tl.trans(hi), acc, input_precision=PRECISION)
         # s * (acc - qsum * (z + bias)) with the per-token products formed once per token.
         return acc * s[None, :] - qsum[:, None] * (s * (z + nibble_bias()))[None, :]
     elif KV_BITS == 8:
-        acc = tl.dot(qa, tl.trans(as_dot(raw, INTERPRETED)), input_precision=PRECISION)
+        acc = tl.dot(qa, tl.trans(staged(as_dot(raw, INTERPRETED), STAGE, INTERPRETED)), input_precision=PRECISION)
         return acc * s[None, :]
     else:
         return tl.dot(qa, tl.trans(as_dot(raw, INTERPRETED)), input_precision=PRECISION)
@@ -162,19 +179,21 @@ def tile_scores(qa, qb, qsum, d_ptr, s, z, tok, tmask, D_LOAD: tl.constexpr, PRE
 
 @triton.jit
 def tile_pv(p, acc_a, acc_b, d_ptr, s, z, tok, tmask, D_LOAD: tl.constexpr, PRECISION: tl.constexpr,
-            UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr):
-    """acc += p . v for the same tokens (p float32 [rows, BLOCK_N], 0 where masked)."""
+            UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr, STAGE: tl.constexpr = False):
+    """acc += p . v for the same tokens (p float32 [rows, BLOCK_N], 0 where masked). STAGE: see staged()."""
     j = tl.arange(0, D_LOAD)
     raw = tl.load(d_ptr + tok[:, None] * D_LOAD + j[None, :], mask=tmask[:, None], other=0)
     if KV_BITS == 4:
         ps = as_dot(p * s[None, :], INTERPRETED)
         corr = tl.sum(ps.to(tl.float32) * (z + nibble_bias())[None, :], axis=1)
         lo, hi = nibble_operands(raw, UNPACK_ASM, INTERPRETED)
+        lo = staged(lo, STAGE, INTERPRETED)
+        hi = staged(hi, STAGE, INTERPRETED)
         acc_a = tl.dot(ps, lo, acc_a, input_precision=PRECISION) - corr[:, None]
         acc_b = tl.dot(ps, hi, acc_b, input_precision=PRECISION) - corr[:, None]
     elif KV_BITS == 8:
         ps = as_dot(p * s[None, :], INTERPRETED)
-        acc_a = tl.dot(ps, as_dot(raw, INTERPRETED), acc_a, input_precision=PRECISION)
+        acc_a = tl.dot(ps, staged(as_dot(raw, INTERPRETED), STAGE, INTERPRETED), acc_a, input_precision=PRECISION)
     else:
         acc_a = tl.dot(as_dot(p, INTERPRETED), as_dot(raw, INTERPRETED), acc_a, input_precision=PRECISION)
     return acc_a, acc_b
@@ -209,7 +228,7 @@ def decode_kernel(
     sm_scale, HKV, MAX_TOKENS, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, UNPACK_ASM: tl.constexpr,
-    INTERPRETED: tl.constexpr,
+    INTERPRETED: tl.constexpr, STAGE_K: tl.constexpr = False, STAGE_V: tl.constexpr = False,
 ):
     pair = tl.program_id(0)  # (batch row, KV head)
     split = tl.program_id(1)
@@ -247,10 +266,12 @@ def decode_kernel(
         tmask = tok < hi
         nxt_k_s, nxt_k_z = load_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi)  # prefetch
         nxt_v_s, nxt_v_z = load_scales(vs, vz, tok + BLOCK_N, tok + BLOCK_N < hi)
-        s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED) * qk_scale
+        s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED,
+                        STAGE_K) * qk_scale
         s = tl.where(tmask[None, :], s, float("-inf"))
         p, m, l, acc_a, acc_b = online_softmax_step(s, m, l, acc_a, acc_b)
-        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, v_s, v_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED)
+        acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, v_s, v_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED,
+                               STAGE_V)
         k_s, k_z, v_s, v_z = nxt_k_s, nxt_k_z, nxt_v_s, nxt_v_z
 
     d = tl.arange(0, HEAD_DIM)
