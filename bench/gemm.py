@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -161,35 +162,87 @@ def spec_of(fmt):
     return spec_for_qlinear(fmt, x_dtype_of(fmt), torch.bfloat16)
 
 
+SHIPPED_SUFFIX = "@shipped"  # "w4a8_g128@shipped": the same format with the shipped table's configs only
+
+
+def base_format(fmt):
+    return fmt[: -len(SHIPPED_SUFFIX)] if fmt.endswith(SHIPPED_SUFFIX) else fmt
+
+
+@functools.lru_cache(maxsize=None)
+def shipped_tuner():
+    """A tuner that sees only the shipped table (its user table lives in an empty directory), so
+    "FMT@shipped" rows time the configs as committed, beside the ones tuned in this run."""
+    import tempfile
+
+    from lowc.runtime.autotune import Autotuner
+
+    return Autotuner(root=tempfile.mkdtemp(prefix="lowc-shipped-"), policy="off")
+
+
+def tuner_for(fmt):
+    from lowc.runtime.autotune import default_tuner
+
+    return shipped_tuner() if fmt.endswith(SHIPPED_SUFFIX) else default_tuner()
+
+
 def lowc_callable(fmt, weights, x, sx):
     import torch
 
     from lowc.runtime.gemm import qlinear_triton
 
-    return Rotating(lambda w: qlinear_triton(x, sx, w, None, fmt, torch.bfloat16), [(w,) for w in weights])
+    tuner = tuner_for(fmt)
+    return Rotating(lambda w: qlinear_triton(x, sx, w, None, base_format(fmt), torch.bfloat16, tuner=tuner),
+                    [(w,) for w in weights])
 
 
-def tune(args, l2, slug, deadline):
-    """Autotune every (format, shape, M); returns the number of entries tuned."""
+def check_exact(fmt, cfg, x, sx, w):
+    """The tuned config's raw INT32 accumulator against lowc.quant's exact integer GEMM (integer
+    formats): a config that is fast but wrong must never reach a table."""
     import torch
 
-    from lowc.runtime.autotune import candidate_configs, default_tuner, gemv_candidates
+    from lowc.codegen.spec import spec_for_qlinear
+    from lowc.runtime.gemm import default_cache, qlinear_triton
+
+    acc = qlinear_triton(x, sx, w, None, fmt, torch.int32, config=cfg)
+    raw = default_cache().get(spec_for_qlinear(fmt, torch.int8, torch.int32))
+    return torch.equal(acc, raw.reference(x, sx, w, None, torch.int32))
+
+
+def config_label(c):
+    """'16x64x256 s4 w4 st4 B' (BM x BN x BK, split, warps, stages; B = W_AS_B, 2p = two-pass, GEMV)."""
+    tags = [t for t, on in (("B", c.W_AS_B), ("2p", c.DEQUANT_FIRST), ("GEMV", c.GEMV)) if on]
+    return " ".join([f"{c.BM}x{c.BN}x{c.BK} s{c.SPLIT_K} w{c.num_warps} st{c.num_stages}"] + tags)
+
+
+def tune(args, l2, slug, deadline, log):
+    """Autotune every (format, shape, M); returns the number of entries tuned. `log` receives every
+    candidate's time per point ({"fmt NxK M=m": [[us, config], ...]}, fastest first)."""
+    import torch
+
+    from lowc.runtime.autotune import candidate_configs, default_tuner, gemv_candidates, operand_candidates
     from lowc.runtime.gemm import qlinear_triton
 
     def candidates(fmt, m, n, k):
-        """All candidates, or with --tune-gemv-only the decode kernel's space against the stored choice."""
+        """All candidates; or, against the stored choice, only the decode kernel's space
+        (--tune-gemv-only) or only the operand-mapping tiles (--tune-operand-only)."""
         spec = spec_of(fmt)
-        if not args.tune_gemv_only:
+        if not (args.tune_gemv_only or args.tune_operand_only):
             return candidate_configs(spec, m, n, k)
-        stored = default_tuner().lookup(spec, m, n, k, slug)
-        return ([stored] if stored else []) + gemv_candidates(spec, m, n, k)
+        stored = shipped_tuner().lookup(spec, m, n, k, slug)
+        space = gemv_candidates if args.tune_gemv_only else operand_candidates
+        return ([stored] if stored else []) + space(spec, m, n, k)
+
+    def m_class(m):
+        """The M specialization Triton compiles for (== 1, multiple of 16, other)."""
+        return 1 if m == 1 else 16 if m % 16 == 0 else 8
 
     jobs = []
     for fmt in args.tune_formats:
         for n, k in args.shapes:
             for m in args.tune_ms:
                 for c in candidates(fmt, m, n, k):
-                    jobs.append((fmt, c.to_dict(), 1 if m == 1 else 16))
+                    jobs.append((fmt, c.to_dict(), m_class(m)))
     jobs = list({json.dumps(j, sort_keys=True): j for j in jobs}.values())
     t0 = time.time()
     failed = precompile(jobs, args.workers)
@@ -216,7 +269,17 @@ def tune(args, l2, slug, deadline):
 
                 best = tuner.tune(spec, m, n, k, slug, bench, candidates=candidates(fmt, m, n, k))
                 tuned += 1
-                print(f"tuned {fmt} {n}x{k} M={m}: {best}", flush=True)
+                timed_all = [(round(sec * 1e6, 2), cfg) for sec, cfg in tuner.last_results]
+                log[f"{fmt} {n}x{k} M={m}"] = [[us, cfg.to_dict()] for us, cfg in timed_all]
+                firsts = {}
+                for us, cfg in timed_all:  # the fastest of each kind, to see what each mapping gives
+                    firsts.setdefault("B" if cfg.W_AS_B else "2p" if cfg.DEQUANT_FIRST else "A", (us, cfg))
+                print(f"  {n}x{k} M={m}: " + " | ".join(f"{kind} {us:.1f}us {config_label(cfg)}"
+                                                      for kind, (us, cfg) in sorted(firsts.items())), flush=True)
+                exact = check_exact(fmt, best, x, sx, weights[0]) if spec.w_bits and spec.a_bits == 8 else None
+                print(f"tuned {fmt} {n}x{k} M={m}: {best}" + ("" if exact is None else f" exact={exact}"), flush=True)
+                if exact is False:
+                    raise SystemExit(f"tuned config {best} is not exact for {fmt} {n}x{k} M={m}")
             del weights
             torch.cuda.empty_cache()
     return tuned
@@ -235,7 +298,10 @@ def measure(args, ceil, l2):
         one = torch.tensor(1.0, device="cuda")
         packed = {}
         for fmt in args.formats:
-            w0 = make_weight(fmt, n, k, 3)
+            if base_format(fmt) != fmt and base_format(fmt) in packed:
+                packed[fmt] = packed[base_format(fmt)]
+                continue
+            w0 = make_weight(base_format(fmt), n, k, 3)
             packed[fmt] = [w0] + [[t.clone() for t in w0] for _ in range(copies_for(sum(t.nbytes for t in w0), l2) - 1)]
         for m in args.ms:
             xb = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -257,7 +323,7 @@ def measure(args, ceil, l2):
                     row["baselines"][name + "_error"] = repr(ex)[:200]
                 row["baselines"][name] = {"graph_us": g, "eager_us": e}
             for fmt in args.formats:
-                x, sx = make_x(fmt, m, k, 4)
+                x, sx = make_x(base_format(fmt), m, k, 4)
                 fn = lowc_callable(fmt, packed[fmt], x, sx)
                 g, e = timed(fn)
                 w0 = packed[fmt][0]
@@ -265,9 +331,7 @@ def measure(args, ceil, l2):
                 floor_mem = nbytes / ceil["copy_bw_Bps"] * 1e6
                 peak = ceil["bf16_flops"] if fmt.startswith("w4a16") else ceil["int8_ops"]
                 floor_ops = 2 * m * n * k / peak * 1e6
-                from lowc.runtime.autotune import default_tuner
-
-                cfg = default_tuner().lookup(spec_of(fmt), m, n, k, args.slug)
+                cfg = tuner_for(fmt).config_for(spec_of(base_format(fmt)), m, n, k, args.slug)
                 row["lowc"][fmt] = {
                     "graph_us": g, "eager_us": e, "bytes": nbytes,
                     "mem_floor_fraction": floor_mem / g, "peak_fraction": floor_ops / g,
@@ -412,6 +476,8 @@ def main(argv=None):
     p.add_argument("--tune-ms", nargs="*", type=int, help="M values to tune (default: --ms)")
     p.add_argument("--tune-gemv-only", action="store_true",
                    help="tune w4a8_g's decode-kernel configs against the stored choice only (M <= 16)")
+    p.add_argument("--tune-operand-only", action="store_true",
+                   help="tune w4a8_g's operand-mapping tiles (autotune.operand_candidates) against the shipped choice only")
     p.add_argument("--gemlite", action="store_true", help="also time gemlite's W4A16 g128 (peer kernel, if importable)")
     p.add_argument("--gemlite-ms", nargs="*", type=int, default=[1, 16])
     args = p.parse_args(argv)
@@ -434,12 +500,13 @@ def main(argv=None):
     ceil = ceilings()
     print(f"{props.name}: copy {ceil['copy_bw_Bps'] / 1e12:.2f} TB/s, BF16 {ceil['bf16_flops'] / 1e12:.0f} TFLOP/s, "
           f"INT8 {ceil['int8_ops'] / 1e12:.0f} TOPS, FP8 {(ceil['fp8_flops'] or 0) / 1e12:.0f} TFLOP/s", flush=True)
-    tuned = tune(args, l2, args.slug, t_start + args.tune_budget_s) if args.tune else 0
+    tune_log = {}
+    tuned = tune(args, l2, args.slug, t_start + args.tune_budget_s, tune_log) if args.tune else 0
     rows = measure(args, ceil, l2)
     result = {
         "device": props.name, "slug": args.slug, "sm_count": props.multi_processor_count, "l2_bytes": l2,
         "torch": torch.__version__, "triton": triton.__version__, "ceilings": ceil, "tuned_entries": tuned,
-        "formats": args.formats, "rows": rows, "seconds": time.time() - t_start,
+        "formats": args.formats, "rows": rows, "seconds": time.time() - t_start, "tuning": tune_log,
     }
     result["summary"] = summary(result)
     if args.gemlite:

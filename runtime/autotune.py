@@ -59,9 +59,14 @@ class TileConfig:
     GROUP_M: int = 8
     DEQUANT_FIRST: int = 0  # w4a8 only: dequantize W to INT8 once, then the W8A8 kernel (large M)
     GEMV: int = 0  # w4a8_g only: the CUDA-core dp4a decode kernel (M <= 16); BM = tokens per program
+    W_AS_B: int = 0  # w4a8_g only: tokens are the MMA's A operand, the dequantized weight its B (see below)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields; W_AS_B only when set, so tables written before it existed stay byte-identical."""
+        d = dataclasses.asdict(self)
+        if not self.W_AS_B:
+            del d["W_AS_B"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TileConfig":
@@ -92,6 +97,8 @@ class TileConfig:
                 problems.append("BM and BN must be >= 16 (tensor-core tile)")
             if self.BK < 32:
                 problems.append("BK must be >= 32 (one INT8 MMA K-step; 16 packed bytes)")
+        if self.W_AS_B and (spec.family != "w4a8_g" or self.GEMV or self.DEQUANT_FIRST):
+            problems.append("W_AS_B exists only for the fused w4a8_g tensor-core kernel")
         if spec.family == "w4a4" and self.BK != spec.group_size:
             problems.append(f"w4a4 scales each group's partial sum, so BK must equal the group ({spec.group_size})")
         if self.DEQUANT_FIRST and spec.family not in ("w4a8_g", "w4a8_pc"):
@@ -220,6 +227,8 @@ def candidate_configs(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConf
                 out.append(TileConfig(bm, bn, bk, 1, warps, stages))
     if spec.family == "w4a8_g" and m <= GEMV_MAX_BM:
         out += gemv_candidates(spec, m, n, k)
+    if spec.family == "w4a8_g" and m <= 256:
+        out += operand_candidates(spec, m, n, k)
     if two_pass and m >= 128:
         out += [TileConfig(128, 128, 128, 1, 8, 3, DEQUANT_FIRST=1), TileConfig(128, 128, 128, 1, 8, 4, DEQUANT_FIRST=1),
                 TileConfig(256, 128, 128, 1, 8, 3, DEQUANT_FIRST=1)]
@@ -232,6 +241,71 @@ def candidate_configs(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConf
         except KernelError:
             pass
     return valid
+
+
+def operand_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig]:
+    """w4a8_g, M <= 256: tiles where the dequantized weight tile does not feed `wgmma` from registers.
+
+    With the weight as wgmma's register A operand, Triton waits for every wgmma before the next
+    tile's unpacking (the registers must stay live), so each program alternates unpacking and MMA.
+    Two other mappings avoid it (docs/kernels.md, "Operand mapping"):
+    - mma.sync (the Ampere MMA, still on Hopper): Triton takes it when the MMA's row side is under 64
+      rows per warpgroup. Tokens as A (W_AS_B, BM = 16-32) or a 32-row weight tile as A (BN = 32):
+      both operands come from registers, nothing waits but the data dependence, and the unpacked
+      weight never goes through shared memory.
+    - W_AS_B with >= 64 tokens: wgmma with x as A from shared memory and the unpacked weight stored
+      to shared memory as B (N = 64-256 weights per instruction instead of 16-64 tokens).
+    Split-K here goes past the rule of `_split_for` (down to one or two K tiles per split): at
+    M = 4-64 the problem is bytes in flight, at 128-256 too few output tiles for 132 SMs."""
+    if spec.family != "w4a8_g" or m > 256:
+        return []
+    sms = _sm_count()
+    out: list[TileConfig] = []
+
+    def splits(bm, bn, bk, factors):
+        tiles = -(-m // bm) * -(-n // bn)
+        k_tiles = -(-k // bk)
+        base = _split_for(tiles, k_tiles, sms)
+        return sorted({min(max(1, base * f), k_tiles) for f in factors})
+
+    if m <= 64:
+        bm = max(16, m_bucket(m))
+        if bm < 64:  # mma.sync with the tokens as A; the whole [BN, BK] operand lives in registers,
+            # so BN * BK stays <= 32K codes per 4 warps (more spills: measured offline with ptxas)
+            tiles = [(64, 256, 4, 4), (64, 512, 4, 3), (128, 256, 4, 4), (128, 256, 8, 4)]
+            if bm == 16:  # the decode batch: narrower tiles, deeper pipelines, more splits
+                tiles += [(32, 256, 4, 4), (32, 512, 4, 3), (64, 128, 4, 6), (64, 256, 4, 6)]
+            for bn, bk, warps, stages in tiles:
+                for split in splits(bm, bn, bk, (1, 2, 4, 8) if bm == 16 else (1, 2, 4)):
+                    out.append(TileConfig(bm, bn, bk, split, warps, stages, W_AS_B=1))
+        else:  # 64 tokens: wgmma with the weight from shared memory, or two 32-token mma.sync tiles
+            for bn, warps in ((64, 4), (128, 4), (128, 8)):
+                for bk, stages in ((128, 4), (256, 3)):
+                    for split in splits(bm, bn, bk, (1, 2, 4)):
+                        out.append(TileConfig(bm, bn, bk, split, warps, stages, W_AS_B=1))
+            for bn in (64, 128):
+                for split in splits(32, bn, 256, (1, 2)):
+                    out.append(TileConfig(32, bn, 256, split, 4, 4, W_AS_B=1))
+        if bm == 16:  # mma.sync with a 32-row weight tile as A (a 32+-token x operand spills)
+            for bk, stages in ((256, 4), (512, 3)):
+                for split in splits(bm, 32, bk, (1, 2)):
+                    out.append(TileConfig(bm, 32, bk, split, 4, stages))
+    else:
+        # (128 x 256 with the weight as B spills under Triton 3.6: 592 bytes of stack)
+        for bm, bn, warps in ((64, 128, 4), (128, 128, 8), (64, 256, 8)):
+            for bk, stages in ((128, 3), (128, 4), (256, 3)):
+                for split in splits(bm, bn, bk, (1, 2, 4)):
+                    out.append(TileConfig(bm, bn, bk, split, warps, stages, W_AS_B=1))
+        # The register-A kernel and the two-pass strategy, split: at M = 128-256 a 4096-channel
+        # layer has only 32-64 output tiles of 128 x 64-128 for 132 SMs.
+        for bm, bn, bk, warps, stages in ((64, 128, 128, 4, 4), (64, 128, 256, 4, 3), (128, 128, 128, 8, 4),
+                                          (64, 64, 128, 4, 4)):
+            for split in (2, 4, 8):
+                out.append(TileConfig(bm, bn, bk, split, warps, stages))
+        for bm, bn, warps, stages in ((64, 128, 4, 4), (128, 128, 8, 3)):
+            for split in (2, 4):
+                out.append(TileConfig(bm, bn, 128, split, warps, stages, DEQUANT_FIRST=1))
+    return list(dict.fromkeys(out))
 
 
 def gemv_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig]:
@@ -304,6 +378,7 @@ class Autotuner:
         self.root = Path(root) if root is not None else cache_dir()
         self.shipped_dir = Path(shipped_dir)
         self._memory: dict[tuple[str, str], TileConfig] = {}
+        self.last_results: list[tuple[float, TileConfig]] = []
 
     def user_table(self, device: str) -> ConfigTable:
         return ConfigTable(self.root / "autotune" / f"{device}.json")
@@ -369,6 +444,7 @@ class Autotuner:
                 results.append((bench(cfg), cfg))
             except Exception:  # a config that does not compile or fit (shared memory) is no candidate
                 continue
+        self.last_results = sorted(results, key=lambda r: r[0])  # (seconds, config): for tuning reports
         if not results:
             return default_config(spec, m, n, k)
         seconds, best = min(results, key=lambda r: r[0])

@@ -149,6 +149,7 @@ def _launch(loaded: LoadedKernel, cfg, spec, cache, x2, sx, weight, bias_arg, ha
             FAST_DEQUANT=_fast_dequant(spec, out.device, kw),
             BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K, GROUP_M=cfg.GROUP_M,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **({"W_AS_B": True} if cfg.W_AS_B else {}),  # only the w4a8_g kernel has the parameter
         )
     except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
         raise KernelError(

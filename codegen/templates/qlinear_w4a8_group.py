@@ -24,6 +24,15 @@ word. Per group the level-1 parameters are applied once, to the sums:
     sum_k (q*s1 - zs1) * x = s1 * sum_k q*x - zs1 * sum_k x,
 the same integer as the tensor-core path's sum_k w8 * x (all int32, exact).
 
+Operand mapping (tensor-core kernel). By default the dequantized tile is the MMA's A operand and
+the tokens its N side (acc[n, m], common.py). With W_AS_B the kernel computes acc_t[m, n] = x . w8^T
+instead (tokens as A, weight as B) and transposes the accumulator once after the K loop; the
+integer sum is the same. What that changes is the instruction Triton picks: with 16-32 tokens as A
+it is `mma.sync` (the Ampere MMA, under Triton's 64-rows-per-warpgroup threshold for `wgmma`) with
+both operands in registers, so the unpacked weight neither waits on a `wgmma` nor passes through
+shared memory; with 64+ tokens it is `wgmma` with the weight stored to shared memory as B. The
+tuner decides per shape (docs/kernels.md, "Operand mapping").
+
 Large M: a config with DEQUANT_FIRST runs `dequant_kernel` once (w8 into an int8 [N, Kp] buffer)
 and then the W8A8 kernel, whose epilogue (acc * s_x * s) is this one with s = s0.
 """
@@ -73,6 +82,7 @@ def qlinear_kernel(
     M, N, K, KW, stride_xm, stride_w16,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+    W_AS_B: tl.constexpr = False,
 ):
     pid_n, pid_m = tile_coords(tl.program_id(0), M, N, BM, BN, GROUP_M)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -82,9 +92,14 @@ def qlinear_kernel(
     rk = tl.arange(0, BK)
     n_groups = KW // GROUP_SIZE
     k_first, k_last = split_range(tl.program_id(1), tl.cdiv(KW, BK), SPLIT_K)
-    acc = tl.zeros((BN, BM), dtype=tl.int32)
+    if W_AS_B:
+        acc_t = tl.zeros((BM, BN), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BN, BM), dtype=tl.int32)
     # The per-group integers are tiny loads Triton does not pipeline: fetch them one tile ahead so
     # their memory latency overlaps the current tile's work instead of stalling every iteration.
+    # (Three tiles ahead was measured slower on an H200, 2026-11-21: 7.9 -> 9.7 us at M=16 and
+    # 22 -> 28 us at M=128 on 4096x4096; the per-tile time is not this load's latency.)
     s1, c = group_params(s1_ptr, zs1_ptr, rn_ld, k_first, n_groups, BK)
     for kt in range(k_first, k_last):
         k = kt * BK + rk
@@ -95,8 +110,13 @@ def qlinear_kernel(
             x = tl.load(x_ptrs, mask=k[None, :] < K, other=0)
         s1_next, c_next = group_params(s1_ptr, zs1_ptr, rn_ld, kt + 1, n_groups, BK)
         w8 = dequant_tile(qw_ptr, s1, c, rn_ld, kt, KW, stride_w16, BN, BK, EVEN_K, FAST_DEQUANT)
-        acc = tl.dot(w8, tl.trans(x), acc, out_dtype=tl.int32)
+        if W_AS_B:
+            acc_t = tl.dot(x, tl.trans(w8), acc_t, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(w8, tl.trans(x), acc, out_dtype=tl.int32)
         s1, c = s1_next, c_next
+    if W_AS_B:
+        acc = tl.trans(acc_t)
 
     if SPLIT_K == 1:
         epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
