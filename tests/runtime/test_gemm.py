@@ -166,6 +166,23 @@ def test_gemv_accumulator_equals_reference_exactly(cache, fmt, shape, config):
     assert torch.equal(acc, ref)
 
 
+# Tokens on the MMA's A side, the dequantized weight on B (W_AS_B, w4a8_g only): the accumulator is
+# transposed once after the loop; odd M and N, masked K, split-K, and a BM that is not BN.
+W_AS_B_CASES = [
+    ("w4a8_g128", (5, 37, 328), TileConfig(16, 32, 128, SPLIT_K=2, W_AS_B=1)),
+    ("w4a8_g32", (19, 21, 200), TileConfig(16, 16, 64, W_AS_B=1)),
+]
+
+
+@pytest.mark.parametrize("fmt,shape,config", W_AS_B_CASES, ids=lambda v: str(v) if not isinstance(v, TileConfig) else "")
+def test_weight_as_b_accumulator_equals_reference_exactly(cache, fmt, shape, config):
+    m, n, k = shape
+    _, weight, xq, sx, _ = make_case(fmt, m, n, k, seed=15)
+    acc = gemm.qlinear_triton(xq, sx, weight, None, fmt, torch.int32, config=config, cache=cache)
+    ref = cache.get(spec_for_qlinear(fmt, torch.int8, torch.int32)).reference(xq, sx, weight, None, torch.int32)
+    assert torch.equal(acc, ref)
+
+
 def test_gemv_float_output_equals_the_tensor_core_kernel(cache):
     # Same INT32 accumulator, same epilogue: the float outputs of the two kernels are identical.
     _, weight, xq, sx, bias = make_case("w4a8_g128", 3, 41, 264, seed=14)
