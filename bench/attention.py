@@ -1,6 +1,7 @@
 """Decode attention over the KV cache on one GPU: lowc KV4 and KV8 against SDPA over a BF16 cache.
 
     python bench/attention.py [--json OUT] [--quick] [--launches]
+    python bench/attention.py --warps --precompile 12 [--compile-only] [--rep MS] --json OUT   # 1-2 warp programs
     python bench/attention.py --markdown RESULTS.json     # the docs/benchmarks.md "Attention" section
 
 Shapes: Llama-3-8B attention (32 query heads, 8 KV heads, head_dim 128, bf16 queries), one new token
@@ -41,6 +42,13 @@ CONFIG_SWEEP = [  # (BLOCK_N, warps, stages, split multiplier, unpack_asm, block
     (128, 4, 2, 2, True, 8, 128, False, True), (64, 4, 3, 1, True, 8, 128, False, True),
 ]
 BEFORE = 0  # index of the previous default in CONFIG_SWEEP (the default did not change in the last run)
+# --warps: programs of one or two warps (issue 6, third round), each warp owning its whole token tile, with
+# more sequence splits to keep the GPU full. The register cap per (BLOCK_N, warps) is the smallest that
+# ptxas fits without spilling more than a few words (AOT compile for sm_90a, docs/kernels-attention.md).
+SMALL_PROGRAM_CAPS = {(32, 1): 168, (64, 1): None, (32, 2): 128, (64, 2): 168, (128, 2): 192}
+WARP_SWEEP = [(bn, warps, stages, mult, True, 8, cap, False, False)
+              for (bn, warps), cap in SMALL_PROGRAM_CAPS.items() for stages in (2, 3) for mult in (1, 2, 4)]
+SHORT_TOP = 4  # --warps: at S < 4096 only the default and the SHORT_TOP best configurations of the longer rows
 
 
 def cache_bytes(fmt: str, b: int, s: int) -> int:
@@ -140,25 +148,68 @@ def lowc_case(fmt: str, b: int, s: int, q: torch.Tensor):
     return make, check
 
 
-def bench_ms(fn) -> float:
+def bench_ms(fn, rep: int = 40) -> float:
     from triton.testing import do_bench_cudagraph
 
     fn()  # compile, allocate workspaces, before capture
     torch.cuda.synchronize()
-    return do_bench_cudagraph(fn, rep=40, return_mode="median")
+    return do_bench_cudagraph(fn, rep=rep, return_mode="median")
 
 
-def run_attention(quick: bool) -> dict:
+def _compile_one(job) -> str:
+    """Compile (and run once, tiny) one decode configuration so Triton's disk cache holds it; the split count
+    is a run-time argument, so one split and two cover every split count of the sweep."""
+    fmt, cfg_tuple = job
+    from lowc.runtime.attention import DecodeConfig, attention_kv_triton
+
+    bn, warps, stages, _mult, asm, block_h, maxnreg, stage_k, stage_v = cfg_tuple
+    b, s = 1, 256
+    q = torch.randn(b, HEADS, 1, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    parts = random_cache(fmt, b, s, 0)
+    half = len(parts) // 2
+    lens = torch.full((b,), s - 1, device="cuda")
+    for splits in (1, 2):
+        cfg = DecodeConfig(BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm,
+                           block_h=block_h, maxnreg=maxnreg, stage_k=stage_k, stage_v=stage_v)
+        try:
+            attention_kv_triton(q, parts[:half], parts[half:], torch.arange(b, device="cuda"), lens,
+                                torch.ones(b, dtype=torch.int64, device="cuda"), HEAD_DIM**-0.5, -1, fmt, decode=cfg)
+        except Exception as e:  # reported again, with the configuration, by the timed sweep
+            return f"{fmt} {cfg_tuple}: {type(e).__name__}"
+    torch.cuda.synchronize()
+    return ""
+
+
+def precompile(sweep, workers: int) -> None:
+    """Compile every (format, configuration) of the sweep in `workers` processes at once (the device
+    machine has many cores; one compile is ~3 s of one core), filling Triton's on-disk cache."""
+    import concurrent.futures
+    import multiprocessing
+
+    t0 = time.time()
+    jobs = [(fmt, tuple(c)) for c in sweep for fmt in ("kv4", "kv8")]
+    jobs = list(dict.fromkeys((f, c[:3] + (1,) + c[4:]) for f, c in jobs))  # the multiplier compiles nothing
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        failed = [r for r in pool.map(_compile_one, jobs) if r]
+    print(f"precompiled {len(jobs)} configurations in {time.time() - t0:.0f} s; failed: {failed}", flush=True)
+
+
+def run_attention(quick: bool, sweep_all=None, rep: int = 40, partial_json: str | None = None) -> dict:
     from lowc.runtime.attention import DEFAULT_STAGES, DecodeConfig, default_splits
 
     bw, copy_bw = bandwidths()
     print(f"read bandwidth {bw / 1e12:.2f} TB/s, copy {copy_bw / 1e12:.2f} TB/s", flush=True)
     rows = []
+    sweep_all = sweep_all or CONFIG_SWEEP
+    # Longest rows first when sweeping small programs, so the short rows can time only the winners.
+    lengths = sorted(LENGTHS, reverse=True) if sweep_all is not CONFIG_SWEEP else LENGTHS
+    score: dict = {}  # config tuple -> summed speed-up over SDPA at S >= 4096 (both formats)
     for b in BATCHES:
-        for s in LENGTHS:
+        for s in lengths:
             row = {"B": b, "S": s}
             fn, q, _ = sdpa_case(b, s)
-            ms = bench_ms(fn)
+            ms = bench_ms(fn, rep)
             row["sdpa_bf16"] = {"us": ms * 1e3, "bytes": cache_bytes("bf16", b, s),
                                 "floor_pct": 100 * cache_bytes("bf16", b, s) / bw / (ms * 1e-3),
                                 "tb_per_s": cache_bytes("bf16", b, s) / (ms * 1e-3) / 1e12}
@@ -167,24 +218,30 @@ def run_attention(quick: bool) -> dict:
             auto = default_splits(b * KV_HEADS, s, q.device, 64)
             for fmt in ("kv4", "kv8"):
                 make, check = lowc_case(fmt, b, s, q)
-                sweep = CONFIG_SWEEP[:BEFORE + 1] if quick else CONFIG_SWEEP
+                sweep = sweep_all[:BEFORE + 1] if quick else sweep_all
+                if sweep_all is not CONFIG_SWEEP and s < 4096 and score:
+                    top = sorted(score, key=score.get, reverse=True)[:SHORT_TOP]
+                    sweep = [c for i, c in enumerate(sweep_all) if i == BEFORE or tuple(c) in top]
                 results = []
-                for bn, warps, stages, mult, asm, block_h, maxnreg, stage_k, stage_v in sweep:
+                for entry in sweep:
+                    bn, warps, stages, mult, asm, block_h, maxnreg, stage_k, stage_v = entry
                     if fmt != "kv4" and not asm:
                         continue  # the unpacking choice only exists for kv4
                     splits = max(1, default_splits(b * KV_HEADS, s, q.device, bn) * mult)
                     cfg = DecodeConfig(BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm,
                                        block_h=block_h, maxnreg=maxnreg, stage_k=stage_k, stage_v=stage_v)
                     try:
-                        t = bench_ms(make(cfg))
+                        t = bench_ms(make(cfg), rep)
                         err = check(cfg) if s <= 4096 else None
                     except Exception as e:  # a config that does not compile or fit: record and go on
                         print(f"  {fmt} {cfg}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                         continue
                     results.append({"config": [bn, warps, stages or DEFAULT_STAGES[fmt], splits, asm, block_h, maxnreg,
                                                stage_k, stage_v],
-                                    "us": t * 1e3,
+                                    "entry": list(entry), "us": t * 1e3,
                                     "rel_err": err})
+                    if s >= 4096:
+                        score[tuple(entry)] = score.get(tuple(entry), 0.0) + row["sdpa_bf16"]["us"] / (t * 1e3)
                 best = min((r for r in results if r["rel_err"] is None or r["rel_err"] < 2e-2), key=lambda r: r["us"])
                 nbytes = cache_bytes(fmt, b, s)
                 row[fmt] = {
@@ -199,8 +256,12 @@ def run_attention(quick: bool) -> dict:
                 del make, check
                 torch.cuda.empty_cache()
             rows.append(row)
+            if partial_json:  # what a run cut short by its time limit still leaves
+                with open(partial_json, "w") as f:
+                    json.dump({"read_bw_bytes_per_s": bw, "copy_bw_bytes_per_s": copy_bw, "rows": rows}, f, indent=1)
             print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "sweep"})
                               for k, v in row.items()}), flush=True)
+    rows.sort(key=lambda r: (r["B"], r["S"]))
     return {"read_bw_bytes_per_s": bw, "copy_bw_bytes_per_s": copy_bw, "rows": rows}
 
 
@@ -279,6 +340,11 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="default configuration only, no sweep")
     p.add_argument("--launches", action="store_true", help="also count kernel launches per decoder layer")
     p.add_argument("--markdown", help="print the markdown table of a results JSON and exit")
+    p.add_argument("--warps", action="store_true",
+                   help="sweep the default against one- and two-warp programs (WARP_SWEEP) instead of CONFIG_SWEEP")
+    p.add_argument("--rep", type=int, default=40, help="milliseconds of graph replay per timing")
+    p.add_argument("--precompile", type=int, default=0, metavar="N", help="compile the sweep in N processes first")
+    p.add_argument("--compile-only", action="store_true", help="with --precompile: stop after compiling")
     args = p.parse_args()
     if args.markdown:
         with open(args.markdown) as f:
@@ -295,7 +361,12 @@ def main() -> None:
             result["launches"] = count_launches()
         except Exception as e:  # the launch count needs every op's kernel; report what broke
             print(f"launch count failed: {type(e).__name__}: {e}", flush=True)
-    result.update(run_attention(args.quick))
+    sweep = CONFIG_SWEEP[:BEFORE + 1] + WARP_SWEEP if args.warps else CONFIG_SWEEP
+    if args.precompile:
+        precompile(sweep[:BEFORE + 1] if args.quick else sweep, args.precompile)
+        if args.compile_only:
+            return
+    result.update(run_attention(args.quick, sweep, args.rep, args.json and args.json + ".partial"))
     result["seconds"] = time.time() - t0
     if args.json:
         with open(args.json, "w") as f:

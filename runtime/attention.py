@@ -153,9 +153,9 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
                 ws_acc = ws_ml = tickets = out  # never touched with one split
             loaded.module.decode_kernel[(pairs, splits)](
                 q, q.stride(0), q.stride(1), *parts, slot_ids, cache_lens, new_lens, out, ws_acc, ws_ml, tickets,
-                float(scale), hkv, max_tokens, int(sliding_window),
+                float(scale), hkv, max_tokens, int(sliding_window), splits,
                 GROUP=group, HEAD_DIM=d, D_LOAD=d_load, BLOCK_H=block_h, BLOCK_N=cfg.BLOCK_N,
-                NUM_SPLITS=splits, PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted,
+                SPLIT=splits > 1, PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted,
                 STAGE_K=cfg.stage_k and fmt != "kv16", STAGE_V=cfg.stage_v and fmt != "kv16",
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages or DEFAULT_STAGES[fmt],
                 **_register_cap(cfg.maxnreg, interpreted),

@@ -15,7 +15,8 @@ into its even and odd columns, the output interleaved back), so no nibble is eve
 
 decode_kernel (one new token per row): one program per (row, KV head, split) handles the GROUP query
 heads that share the KV head (padded to BLOCK_H rows; Triton pads the MMA to 16), so each KV head is read once
-per group. Long contexts are split over NUM_SPLITS programs; each writes its partial (acc, max, sum)
+per group. Long contexts are split over num_splits programs (a run-time argument, so a new split count
+compiles nothing; the constexpr SPLIT says whether there is more than one); each writes its partial (acc, max, sum)
 to a workspace and takes a ticket, and the last to arrive merges them and resets the ticket: one
 launch, no memset, replayable in a CUDA graph. prefill_kernel (T > 1 new tokens, causal, flash-style
 online softmax): one program per (BLOCK_M query tokens, query head). Both honour left padding (pad
@@ -220,14 +221,14 @@ def online_softmax_step(s, m, l, acc_a, acc_b):
     return p, m_new, l, acc_a * alpha[:, None], acc_b * alpha[:, None]
 
 
-@triton.jit(do_not_specialize=["window"])
+@triton.jit(do_not_specialize=["window", "num_splits"])
 def decode_kernel(
     q_ptr, stride_qb, stride_qh,
     kd_ptr, ks_ptr, kz_ptr, vd_ptr, vs_ptr, vz_ptr,
     slot_ptr, clen_ptr, nlen_ptr, out_ptr, ws_acc_ptr, ws_ml_ptr, ticket_ptr,
-    sm_scale, HKV, MAX_TOKENS, window,
+    sm_scale, HKV, MAX_TOKENS, window, num_splits,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr, UNPACK_ASM: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, UNPACK_ASM: tl.constexpr,
     INTERPRETED: tl.constexpr, STAGE_K: tl.constexpr = False, STAGE_V: tl.constexpr = False,
 ):
     pair = tl.program_id(0)  # (batch row, KV head)
@@ -237,7 +238,7 @@ def decode_kernel(
     slot = tl.load(slot_ptr + b)
     total = (tl.load(clen_ptr + b) + tl.load(nlen_ptr + b)).to(tl.int32)  # the new token is already stored
     first = tl.where(window > 0, tl.maximum(total - window, 0), 0)
-    chunk = tl.cdiv(tl.cdiv(total - first, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    chunk = tl.cdiv(tl.cdiv(total - first, num_splits), BLOCK_N) * BLOCK_N
     lo = first + split * chunk
     hi = tl.minimum(lo + chunk, total)
 
@@ -277,27 +278,27 @@ def decode_kernel(
     d = tl.arange(0, HEAD_DIM)
     out_rows = out_ptr + (b.to(tl.int64) * HKV * GROUP + kvh * GROUP + h) * HEAD_DIM  # out [B, 1, H, D]
     acc = full_width(acc_a, acc_b, BLOCK_H, HEAD_DIM)
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         tl.store(out_rows[:, None] + d[None, :], (acc / l[:, None]).to(out_ptr.dtype.element_ty),
                  mask=hmask[:, None])
     else:
         # Partial results of this split: acc [BLOCK_H, D], then (m, l) per row.
-        part = (pair * NUM_SPLITS + split) * BLOCK_H + h
+        part = (pair * num_splits + split) * BLOCK_H + h
         tl.store(ws_acc_ptr + part[:, None] * HEAD_DIM + d[None, :], acc)
         tl.store(ws_ml_ptr + 2 * part, m)
         tl.store(ws_ml_ptr + 2 * part + 1, l)
         tl.debug_barrier()  # every thread's partial stores precede the ticket (release below)
         ticket = tl.atomic_add(ticket_ptr + pair, 1, sem="acq_rel")
-        if ticket == NUM_SPLITS - 1:
+        if ticket == num_splits - 1:
             # Last split of this (row, head): merge all partials, then leave the ticket at 0.
             m_all = tl.full((BLOCK_H,), float("-inf"), tl.float32)
-            for sp in range(NUM_SPLITS):
-                idx = (pair * NUM_SPLITS + sp) * BLOCK_H + h
+            for sp in range(num_splits):
+                idx = (pair * num_splits + sp) * BLOCK_H + h
                 m_all = tl.maximum(m_all, tl.load(ws_ml_ptr + 2 * idx, cache_modifier=".cg"))
             l_all = tl.zeros((BLOCK_H,), tl.float32)
             o = tl.zeros((BLOCK_H, HEAD_DIM), tl.float32)
-            for sp in range(NUM_SPLITS):
-                idx = (pair * NUM_SPLITS + sp) * BLOCK_H + h
+            for sp in range(num_splits):
+                idx = (pair * num_splits + sp) * BLOCK_H + h
                 w = tl.exp2(tl.load(ws_ml_ptr + 2 * idx, cache_modifier=".cg") - m_all)
                 l_all += w * tl.load(ws_ml_ptr + 2 * idx + 1, cache_modifier=".cg")
                 part_acc = tl.load(ws_acc_ptr + idx[:, None] * HEAD_DIM + d[None, :], cache_modifier=".cg")

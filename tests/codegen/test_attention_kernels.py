@@ -173,3 +173,19 @@ def test_staging_is_plumbed_through_on_the_interpreter(cache):
     out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.2, -1, "kv4", cache=cache,
                               decode=DecodeConfig(BLOCK_N=16, num_splits=2, stage_k=True, stage_v=True))
     assert rel_err(out, ref) < TOLERANCE[torch.float32]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["kv4", "kv8"])
+@pytest.mark.parametrize("block_n,warps,maxnreg", [(32, 1, 168), (64, 1, None), (64, 2, 168), (128, 2, 192)])
+def test_gpu_one_and_two_warp_programs(fmt, block_n, warps, maxnreg):
+    """Programs of one or two warps (each warp holds the whole accumulator; no cross-warp softmax) with
+    one split and with more splits than the default, against the reference."""
+    q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.bfloat16, 1, [1, 1, 1], history=(2000, 65, 700),
+                                                heads=32, hkv=8, d=128, max_tokens=2048)
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
+    for splits in (1, 8):
+        out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt,
+                                  decode=DecodeConfig(BLOCK_N=block_n, num_warps=warps, num_splits=splits,
+                                                      num_stages=2, maxnreg=maxnreg))
+        assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
