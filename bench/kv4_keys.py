@@ -1,6 +1,6 @@
 """Where SmolLM2's KV4 loss comes from, and what each key treatment wins back (a diagnostic).
 
-    python bench/kv4_keys.py --tokens 4096 --rows none,kv,k,v,k+rot,kv+rot,kv+sa,kv+rot+sa,k+g32,k+rot+g32
+    python bench/kv4_keys.py --tokens 4096 --rows none,kv,k,v,k+rot,kv+rot,kv+sa,kv+rot+sa,k+g32,k+rot+g32,kv+rot+center
 
 16-bit weights and activations over a 16-bit cache, with the 4-bit cache error simulated inside the
 fused RoPE + store reference: the stored K and/or V are replaced by dequantize(quantize_kv4(.)) —
@@ -9,7 +9,9 @@ compared on one footing. Row names: `k`, `v`, `kv` = which of K/V go through KV4
 Walsh-Hadamard key rotation (x -> Q(x H) H^T, what `kv_rotation` computes up to where H is applied);
 `+sa` = SmoothAttention (alpha 0.5) folded into q/k_proj; `+g32` = two scale/zero pairs per head
 vector instead of one (a format lowc does not have: 4 more bytes per token-head); `+sink` = the
-window's first token kept exact. WikiText-2 test, first `--tokens` tokens, windows of 1024.
+window's first token kept exact; `+center` = the key centre (`kv_key_center`): each layer's mean
+post-RoPE key over lowc's calibration text (32 x 512 tokens, gathered once) is subtracted before
+quantizing and added back after, which attention could skip (softmax cancels it). WikiText-2 test, first `--tokens` tokens, windows of 1024.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 
 import torch
 
-ROW_FLAGS = ("rot", "sa", "g32", "sink")
+ROW_FLAGS = ("rot", "sa", "g32", "sink", "center")
 
 
 def _fake_kv4(x: torch.Tensor, rotate: bool, group32: bool) -> torch.Tensor:
@@ -39,10 +41,17 @@ def install(mode: dict) -> None:
     from lowc.ops import fused_ops
     from lowc.ops.kv_ops import kv_store_reference, rotate_half_rope
 
-    def simulated(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False):
+    def simulated(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt, rotate=False,
+                  key_bias=None):
         k = rotate_half_rope(k, cos, sin)
-        if mode["k"]:
-            kq = _fake_kv4(k, mode["rot"], mode["g32"])
+        layer = mode["calls"] % mode["layers"]
+        mode["calls"] += 1
+        if mode.get("gather") is not None:  # the calibration pass of +center: sum the keys, store as is
+            total, n = mode["gather"].get(layer, (0.0, 0))
+            mode["gather"][layer] = (total + k.double().sum(dim=(0, 2)), n + k.shape[0] * k.shape[2])
+        elif mode["k"]:
+            c = mode["centres"][layer].to(k.dtype)[None, :, None, :] if mode["center"] else 0.0
+            kq = _fake_kv4(k - c, mode["rot"], mode["g32"]) + c
             if mode["sink"]:
                 kq[:, :, :1] = k[:, :, :1]
             k = kq
@@ -66,9 +75,11 @@ def main() -> None:
     from lowc.models import smollm2
     from lowc.schemes import parse_scheme
 
+    from lowc.calibrate import default_calibration
+
     model, tok = smollm2()
     ids = tokenize(tok, wikitext2_test_text())[: args.tokens]
-    mode: dict = {}
+    mode: dict = {"calls": 0, "layers": model.config.num_hidden_layers, "centres": None}
     install(mode)
     for row in args.rows.split(","):
         which, *flags = row.split("+")
@@ -80,6 +91,15 @@ def main() -> None:
             scheme = scheme.replace(name="w16a16-smoothattention", smooth_attention_alpha=0.5)
         t0 = time.perf_counter()
         compiled = lowc.compile(model, scheme, tokenizer=tok, progress=False)
+        if mode["center"] and mode["centres"] is None:  # gather once: the mean post-RoPE key per layer
+            mode.update(gather={}, calls=0)
+            calib = default_calibration(tok)
+            with torch.no_grad():
+                for rows in calib.split(4):
+                    compiled(rows)
+            mode["centres"] = {layer: (t / n).float() for layer, (t, n) in mode["gather"].items()}
+            mode["gather"] = None
+        mode["calls"] = 0
         ppl = perplexity(compiled, ids, tokens=args.tokens, window=1024, progress=False).perplexity
         print(f"{row:14s} perplexity {ppl:.4f}   ({time.perf_counter() - t0:.0f} s)", flush=True)
 

@@ -28,8 +28,8 @@ log = logging.getLogger("lowc")
 
 DUMP_ENV = "LOWC_DUMP_IR"
 # Passes that read calibration statistics; a pipeline containing any of them triggers calibration.
-NEEDS_CALIBRATION = {"smooth", "smooth_attention", "reorder", "clip", "gptq", "center_keys"}
-NEEDS_HESSIAN = {"clip", "gptq"}  # these also need H = X^T X / n of every linear's input
+NEEDS_CALIBRATION = {"smooth", "smooth_attention", "reorder", "scale_search", "clip", "gptq", "center_keys"}
+NEEDS_HESSIAN = {"scale_search", "clip", "gptq"}  # these also need H = X^T X / n of every linear's input
 
 
 class CompiledModel(torch.nn.Module):

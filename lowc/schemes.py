@@ -44,6 +44,7 @@ class Scheme:
     smooth_attention_alpha: float | None = None  # QoQ SmoothAttention strength for keys
     kv_rotation: bool = False  # Walsh-Hadamard rotation of keys and queries after RoPE (QuaRot)
     kv_key_center: bool = False  # subtract each key channel's calibration mean before the KV quantizer
+    scale_search: bool = False  # AWQ-style activation-aware channel scaling, strength searched per group
     clip_search: bool = False  # per-group weight clipping search
     gptq: bool = False  # GPTQ-style error compensation
     bit_balance: bool = False  # ABQ-LLM's W2* five-level grid
@@ -104,6 +105,8 @@ def default_pipeline(s: Scheme) -> tuple[str, ...]:
     if s.smooth_alpha is not None:
         steps.append("smooth")
     if quantized_linears:
+        if s.scale_search:
+            steps.append("scale_search")
         if s.clip_search:
             steps.append("clip")
         if s.gptq:
@@ -202,7 +205,7 @@ def parse_scheme(name: str) -> Scheme:
 def calibrates(s: Scheme) -> bool:
     """Whether the scheme's passes read calibration statistics (so a key centre comes for free)."""
     return (s.smooth_alpha is not None or s.smooth_attention_alpha is not None or bool(s.n_outliers)
-            or s.clip_search or s.gptq or s.kv_key_center)
+            or s.scale_search or s.clip_search or s.gptq or s.kv_key_center)
 
 
 def list_schemes() -> list[str]:

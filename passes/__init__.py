@@ -17,4 +17,4 @@ from lowc.passes.base import (  # noqa: F401
 from lowc.passes.pipeline import after, before, build_pipeline, lint, run_pipeline  # noqa: F401
 
 # Built-in passes (importing registers them). Keep this list in pipeline order.
-from lowc.passes import annotate, smooth_attention, reorder, smooth, clip, gptq, quantize, bitplane, center_keys, kv_cache, fuse_glue, dce  # noqa: F401,E402
+from lowc.passes import annotate, smooth_attention, reorder, smooth, scale_search, clip, gptq, quantize, bitplane, center_keys, kv_cache, fuse_glue, dce  # noqa: F401,E402
