@@ -4,7 +4,7 @@
     python bench/accuracy.py --rows w8a8 --tokens 4096 --out /tmp/acc.md   # a quick subset
 
 For each scheme a ladder of rows, each adding one lever to the one before (round-to-nearest first,
-the scheme's full preset last), compiled with `lowc.compile` (default calibration: 32 x 512 tokens
+the scheme's full preset last), compiled with `lowc.compile` (default calibration: 128 x 512 tokens
 of lowc's shipped calibration text, seed 0) and scored with `lowc.eval.perplexity` on
 - WikiText-2 test, first `--tokens` tokens (20,480), windows of 1024 (FP32 = 23.475), and
 - the held-out text (lowc/data/heldout, As You Like It), first `--heldout-tokens` tokens,
@@ -48,15 +48,17 @@ class Row:
 def ladder() -> list[Row]:
     """The table's rows: per scheme, round-to-nearest first, one lever added per row."""
     off = {"smooth_alpha": None, "smooth_attention_alpha": None, "clip_search": False, "gptq": False,
-           "kv_rotation": False, "kv_key_center": False}
+           "kv_rotation": False, "kv_key_center": False, "scale_search": False}
     return [
         Row("w8a8/rtn", "w8a8", "round-to-nearest", off),
         Row("w8a8/full", "w8a8", "+ smooth (SmoothQuant; the preset)"),
         Row("w4a16/rtn", "w4a16", "round-to-nearest", off),
         Row("w4a16/clip", "w4a16", "+ clip", {**off, "clip_search": True}),
-        Row("w4a16/full", "w4a16", "+ GPTQ (preset)"),
+        Row("w4a16/gptq", "w4a16", "+ GPTQ", {"scale_search": False}),
+        Row("w4a16/full", "w4a16", "+ scale search (preset)"),
         Row("w4a8/rtn", "w4a8kv4", "round-to-nearest, KV16", {**off, "kv_bits": 16}),
-        Row("w4a8/full", "w4a8kv4", "preset passes, KV16", {"kv_bits": 16, "kv_rotation": False}),
+        Row("w4a8/full", "w4a8kv4", "preset passes, KV16", {"kv_bits": 16, "kv_rotation": False,
+                                                             "kv_key_center": False}),
         Row("w4a8kv4/rtn", "w4a8kv4", "round-to-nearest", off),
         Row("w4a8kv4/qoq", "w4a8kv4", "+ smooth + SmoothAttention (QoQ)",
             {**off, "smooth_alpha": "preset", "smooth_attention_alpha": 0.5}),
@@ -64,11 +66,13 @@ def ladder() -> list[Row]:
             {**off, "smooth_alpha": "preset", "kv_rotation": True}),
         Row("w4a8kv4/center", "w4a8kv4", "+ key centre", {**off, "smooth_alpha": "preset", "kv_rotation": True,
                                                            "kv_key_center": True}),
-        Row("w4a8kv4/full", "w4a8kv4", "+ clip + GPTQ (preset)"),
+        Row("w4a8kv4/gptq", "w4a8kv4", "+ clip + GPTQ", {"scale_search": False}),
+        Row("w4a8kv4/full", "w4a8kv4", "+ scale search (preset)"),
         Row("w4a4/rtn", "w4a4", "round-to-nearest, no outliers", {**off, "n_outliers": 0}),
         Row("w4a4/reorder", "w4a4", "+ reorder (128 INT8 outliers)", off),
-        Row("w4a4/smooth", "w4a4", "+ smooth + key rotation", {**off, "smooth_alpha": "preset", "kv_rotation": True}),
-        Row("w4a4/full", "w4a4", "+ clip + GPTQ (preset)"),
+        Row("w4a4/smooth", "w4a4", "+ smooth + key rotation + key centre",
+            {**off, "smooth_alpha": "preset", "kv_rotation": True, "kv_key_center": True}),
+        Row("w4a4/full", "w4a4", "+ scale search + clip + GPTQ (preset)"),
     ]
 
 
@@ -169,7 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=20480)
     p.add_argument("--heldout-tokens", type=int, default=20480)
     p.add_argument("--window", type=int, default=1024)
-    p.add_argument("--calibration-samples", type=int, default=32)
+    p.add_argument("--calibration-samples", type=int, default=128)
     p.add_argument("--engine", choices=("simulated", "reference"), default="simulated")
     p.add_argument("--json", default="bench/results/accuracy.json")
     p.add_argument("--out", default="docs/accuracy.md", help="markdown table (between the table markers)")

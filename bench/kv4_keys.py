@@ -10,7 +10,8 @@ Walsh-Hadamard key rotation (x -> Q(x H) H^T, what `kv_rotation` computes up to 
 `+sa` = SmoothAttention (alpha 0.5) folded into q/k_proj; `+g32` = two scale/zero pairs per head
 vector instead of one (a format lowc does not have: 4 more bytes per token-head); `+sink` = the
 window's first token kept exact; `+center` = the key centre (`kv_key_center`): each layer's mean
-post-RoPE key over lowc's calibration text (32 x 512 tokens, gathered once) is subtracted before
+post-RoPE key over lowc's default calibration sample (gathered once; 32 x 512 tokens when
+docs/accuracy.md's rows were measured, 128 x 512 since) is subtracted before
 quantizing and added back after, which attention could skip (softmax cancels it). WikiText-2 test, first `--tokens` tokens, windows of 1024.
 """
 

@@ -85,7 +85,7 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
 
 
 def calibration_batches(
-    tokenizer, n_samples: int = 32, seq_len: int = 512, seed: int = 0, text: str | None = None
+    tokenizer, n_samples: int = 128, seq_len: int = 512, seed: int = 0, text: str | None = None
 ) -> torch.Tensor:
     """`n_samples` non-overlapping windows of `seq_len` tokens drawn from the calibration text
     (or `text`), as a LongTensor [n_samples, seq_len]; the same seed always gives the same batch."""
@@ -227,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", metavar="FILE", help="score this UTF-8 text file instead of --dataset")
     p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     p.add_argument("--device", default="auto", help='"cpu", "cuda", or "auto" (cuda when there is one)')
-    p.add_argument("--calibration-samples", type=int, default=32, help="512-token calibration windows")
+    p.add_argument("--calibration-samples", type=int, default=128, help="512-token calibration windows")
     p.add_argument("--cache-dir", help="model cache (default $LOWC_CACHE_DIR or ~/.cache/lowc)")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON (atomically)")
     p.add_argument("--no-progress", action="store_true")

@@ -152,17 +152,17 @@ PRESETS: dict[str, Scheme] = {
     for s in (
         _preset("w16a16"),
         _preset("w8a8", w_bits=8, a_bits=8, group_size=0, smooth_alpha=0.5),
-        _preset("w4a16", w_bits=4, a_bits=16, clip_search=True, gptq=True),
+        _preset("w4a16", w_bits=4, a_bits=16, scale_search=True, clip_search=True, gptq=True),
         _preset(
             # SmoothAttention (smooth_attention_alpha=0.5) is QoQ's key treatment; lowc rotates keys
             # instead: on SmolLM2 (4,096 WikiText-2 tokens, 16-bit weights, KV4) the rotation gives
             # 24.41, SmoothAttention 25.67, both 24.88 (FP32 23.08) — see docs/accuracy.md.
             "w4a8kv4", w_bits=4, a_bits=8, kv_bits=4, smooth_alpha=0.5, kv_rotation=True, kv_key_center=True,
-            clip_search=True, gptq=True,
+            scale_search=True, clip_search=True, gptq=True,
         ),
         _preset(
             "w4a4", w_bits=4, a_bits=4, kv_bits=4, kv_rotation=True, kv_key_center=True, n_outliers=128,
-            smooth_alpha=0.5, clip_search=True, gptq=True,
+            smooth_alpha=0.5, scale_search=True, clip_search=True, gptq=True,
         ),
         _preset("w2a8", w_bits=2, a_bits=8, clip_search=True, gptq=True),
         _preset("w3a8", w_bits=3, a_bits=8, clip_search=True, gptq=True),

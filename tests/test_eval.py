@@ -99,9 +99,9 @@ def test_calibration_batches_are_deterministic_non_overlapping_windows():
 
 
 def test_calibration_batches_default_shape_from_a_given_text():
-    text = "".join(chr(97 + i % 26) for i in range(40_000))
+    text = "".join(chr(97 + i % 26) for i in range(140_000))
     batch = ev.calibration_batches(ByteTokenizer(), text=text)
-    assert batch.shape == (32, 512)
+    assert batch.shape == (128, 512)
 
 
 @pytest.mark.parametrize("text", ["", "far too short"])
@@ -228,7 +228,7 @@ def test_eval_main_compiles_with_calibration_batches(tiny_registered, monkeypatc
                         "--device", "cpu"])
     assert code == 0 and lines[-1].startswith("perplexity: ")
     (scheme, calibration), = calls
-    assert scheme == "w4a8kv4" and calibration.shape == (32, 512)
+    assert scheme == "w4a8kv4" and calibration.shape == (128, 512)
     assert torch.equal(calibration, ev.calibration_batches(ByteTokenizer()))
     assert tiny_registered == [torch.bfloat16]
 
