@@ -279,7 +279,8 @@ def count_launches() -> dict:
     for module in (gemm, attention, fused):
         module.register_cuda_kernels()
     scheme = parse_scheme("w4a8kv4").replace(clip_search=False, gptq=False, smooth_alpha=None,
-                                             smooth_attention_alpha=None, kv_key_center=False)  # no calibration
+                                             smooth_attention_alpha=None, kv_key_center=False,  # no calibration
+                                             scale_search=False)
     counts = {}
     for fuse in (False, True):
         per_depth = {}

@@ -111,7 +111,7 @@ def rtn_scheme(name: str):
 
     s = parse_scheme(name)
     return s.replace(name=f"{s.name}-rtn", smooth_alpha=None, smooth_attention_alpha=None, clip_search=False,
-                     gptq=False, kv_key_center=False)
+                     gptq=False, kv_key_center=False, scale_search=False)
 
 
 def prompts(batch: int, length: int, vocab: int, device, seed: int = 1) -> torch.Tensor:
