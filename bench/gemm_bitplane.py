@@ -69,7 +69,7 @@ def precompile(jobs, workers):
         return len(jobs), sum(pool.map(_warm, chunks))
 
 
-def prepare(shapes, ms, formats, workers):
+def prepare(shapes, ms, formats, workers, realizations=None):
     """Compile every candidate kernel of the sweep in parallel processes (Triton's disk cache)."""
     from lowc.runtime import bitplane_gemm as bg
 
@@ -77,7 +77,7 @@ def prepare(shapes, ms, formats, workers):
     for fmt in formats:
         for n, k in shapes:
             for m in ms:
-                for r in bg.REALIZATIONS:
+                for r in realizations or bg.REALIZATIONS:
                     if r == "binary" and m > BINARY_MAX_M:
                         continue
                     jobs += [(fmt, r, c.to_dict(), 1 if m == 1 else 16) for c in candidates(fmt, r, m, n, k)]
@@ -85,8 +85,44 @@ def prepare(shapes, ms, formats, workers):
     print(f"precompiled {compiled} bit-plane (format, realization, config, M class), {failed} failed", flush=True)
 
 
-def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, log=print):
-    """Measure every (shape, M): BF16, lowc W4A8/W8A8 and each bit-plane format's realizations."""
+def shipped_config(fmt, m, n, k, slug):
+    """The unpack config the shipped table (as checked out) gives this point, else the rule of thumb."""
+    from lowc.runtime import bitplane_gemm as bg
+    from lowc.runtime.autotune import TileConfig
+
+    sel = bg.RealizationSelector(policy="off")
+    entries = sel.shipped_table(slug).load()
+    raw = entries.get(sel.key(fmt, "bfloat16", m, n, k)) or bg._nearest_shape(entries, fmt, "bfloat16", m, n, k)
+    if raw and raw.get("realization") == "unpack":
+        return TileConfig.from_dict(raw["config"])
+    return bg.default_config(bg.kernel_spec(fmt, "unpack"), "unpack", m, n, k)
+
+
+def template_launcher(template, fmt, cfg, x, sx, m, n, k):
+    """w -> a launch of the unpack kernel rendered from another template file (e.g. the previous
+    version, copied beside the current one) with the same arguments: the same-run comparison."""
+    import dataclasses
+
+    import torch
+
+    from lowc.runtime import bitplane_gemm as bg
+    from lowc.runtime.kernel_cache import default_cache
+
+    spec = dataclasses.replace(bg.kernel_spec(fmt, "unpack"), template=template)
+    kw = bg.bitplane_spec(fmt).padded_k(k)
+    out = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
+
+    def run(w):
+        bg._launch(default_cache(), spec, cfg, x, sx, w, out, False, out, m, n, k, kw)
+        return out
+
+    return run
+
+
+def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, log=print, realizations=None,
+                  old_template=None):
+    """Measure every (shape, M): BF16, lowc W4A8/W8A8 and each bit-plane format's realizations; with
+    old_template, also the shipped config on that template ("old") and on the current one."""
     import torch
 
     from lowc.runtime import bitplane_gemm as bg
@@ -117,7 +153,21 @@ def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, 
             for fmt in formats:
                 x, sx = base.make_x(fmt, m, k, 4)
                 times = {}
-                for r in bg.REALIZATIONS:
+                old = {}
+                cfg_old = shipped_config(fmt, m, n, k, slug)
+                w_list = [(w,) for w in packed[fmt]]
+                try:
+                    old["shipped_config_new_kernel_us"] = base.timed(base.Rotating(
+                        lambda w, cfg_old=cfg_old: bg.qlinear_bitplane(x, sx, w, None, fmt, torch.bfloat16,
+                                                                        realization="unpack", config=cfg_old),
+                        w_list), graphed_rep=10, eager_rep=0)[0]
+                    if old_template:
+                        old["old_kernel_us"] = base.timed(base.Rotating(
+                            template_launcher(old_template, fmt, cfg_old, x, sx, m, n, k), w_list),
+                            graphed_rep=10, eager_rep=0)[0]
+                except Exception as e:
+                    log(f"  {fmt} shipped config {cfg_old}: failed ({type(e).__name__}: {str(e)[:160]})")
+                for r in realizations or bg.REALIZATIONS:
                     if r == "binary" and m > BINARY_MAX_M:
                         continue
                     for cfg in candidates(fmt, r, m, n, k):
@@ -149,10 +199,16 @@ def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, 
                     "int8_peak_fraction": 2 * m * n * k / ceil["int8_ops"] * 1e6 / us,
                     "x_vs_bf16": row["bf16_us"] / us,
                     **{f"x_vs_{b}": row[f"{b}_us"] / us for b in BASELINE_FORMATS},
+                    "shipped_config": cfg_old.to_dict(), **old,
                 }
+                if "old_kernel_us" in old:
+                    row["bitplane"][fmt].update({
+                        "old_x_vs_bf16": row["bf16_us"] / old["old_kernel_us"],
+                        "old_x_vs_w4a8_g128": row["w4a8_g128_us"] / old["old_kernel_us"]})
             rows.append(row)
             log(f"{n}x{k} M={m}: bf16 {row['bf16_us']:.1f}us w4a8 {row['w4a8_g128_us']:.1f} w8a8 {row['w8a8_us']:.1f} | "
-                + " ".join(f"{f.split('_')[0]} {v['us']:.1f}({v['realization'][0]}, {v['x_vs_bf16']:.2f}x)"
+                + " ".join(f"{f.split('_')[0]} {v['us']:.1f}({v['realization'][0]}, {v['x_vs_bf16']:.2f}x; old "
+                           f"{v.get('old_kernel_us', float('nan')):.1f}, shipped cfg {v.get('shipped_config_new_kernel_us', float('nan')):.1f})"
                            for f, v in row["bitplane"].items()))
         del wbs, packed
         torch.cuda.empty_cache()
@@ -178,6 +234,9 @@ def summary(rows, formats):
                 "x_vs_w4a8_g128": geomean([s["x_vs_w4a8_g128"] for s in sel]),
                 "x_vs_w8a8": geomean([s["x_vs_w8a8"] for s in sel]),
                 "mem_floor_fraction": geomean([s["mem_floor_fraction"] for s in sel]),
+                **({"old_x_vs_bf16": geomean([s["old_x_vs_bf16"] for s in sel]),
+                    "old_x_vs_w4a8_g128": geomean([s["old_x_vs_w4a8_g128"] for s in sel])}
+                   if all("old_x_vs_bf16" in s for s in sel) else {}),
                 "realizations": sorted({s["realization"] for s in sel}),
             }
     return out
@@ -185,12 +244,14 @@ def summary(rows, formats):
 
 def print_table(result):
     s = result["summary"]
-    for what in ("x_vs_bf16", "x_vs_w4a8_g128", "x_vs_w8a8"):
+    for what in ("x_vs_bf16", "x_vs_w4a8_g128", "x_vs_w8a8", "old_x_vs_bf16", "old_x_vs_w4a8_g128"):
+        if not any(what in per[m] for per in s.values() for m in per):
+            continue
         ms = sorted({int(m) for per in s.values() for m in per})
         print(f"\n{result['device']}: geomean over shapes, {what} (CUDA-graph replay)")
         print("format".ljust(14) + "".join(f"M={m}".rjust(9) for m in ms))
         for fmt, per_m in s.items():
-            print(fmt.ljust(14) + "".join(f"{per_m[m][what]:9.2f}" if m in per_m else "      n/a" for m in ms))
+            print(fmt.ljust(14) + "".join(f"{per_m[m][what]:9.2f}" if what in per_m.get(m, {}) else "      n/a" for m in ms))
     print("\nchosen realization (u = unpack, b = binary), per M over shapes")
     for fmt, per_m in s.items():
         print(fmt.ljust(14) + "".join(("/".join(r[0] for r in per_m[m]["realizations"])).rjust(9) for m in sorted(per_m)))
@@ -203,6 +264,9 @@ def main(argv=None):
     p.add_argument("--ms", nargs="*", type=int, default=base.MS)
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     p.add_argument("--budget-s", type=float, default=240.0, help="stop measuring new points after this")
+    p.add_argument("--realizations", nargs="*", default=None, help="default: both")
+    p.add_argument("--old-template", help="also time the shipped config on this template (a copy of the "
+                                          "previous qlinear_bitplane_unpack.py in codegen/templates)")
     p.add_argument("--out", help="results JSON")
     p.add_argument("--table-out", help="copy of the realization table (lowc/runtime/configs/bitplane-<gpu>.json)")
     args = p.parse_args(argv)
@@ -217,7 +281,7 @@ def main(argv=None):
     slug = device_slug()
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 * 2**20)
-    prepare(shapes, args.ms, args.formats, args.workers)
+    prepare(shapes, args.ms, args.formats, args.workers, args.realizations)
     print(f"({time.time() - t0:.0f}s)", flush=True)
     from lowc.runtime.autotune import default_tuner
 
@@ -228,7 +292,8 @@ def main(argv=None):
     print(f"precompiled {len(base_jobs)} W4A8/W8A8 configs, {failed} failed ({time.time() - t0:.0f}s)", flush=True)
     ceil = base.ceilings()
     print(f"{props.name}: copy {ceil['copy_bw_Bps'] / 1e12:.2f} TB/s, INT8 {ceil['int8_ops'] / 1e12:.0f} TOPS", flush=True)
-    rows = bitplane_rows(shapes, args.ms, args.formats, ceil, l2, slug, t0 + args.budget_s, log=lambda s: print(s, flush=True))
+    rows = bitplane_rows(shapes, args.ms, args.formats, ceil, l2, slug, t0 + args.budget_s, log=lambda s: print(s, flush=True),
+                         realizations=args.realizations, old_template=args.old_template)
     result = {"device": props.name, "slug": slug, "torch": torch.__version__, "triton": triton.__version__,
               "ceilings": ceil, "formats": args.formats, "rows": rows, "seconds": time.time() - t0}
     result["summary"] = summary(rows, args.formats)

@@ -47,6 +47,8 @@ LAYOUT = "bitplane_u32[P,N,Kp/32]_lsb_first"
 DEFAULT_REALIZATION = "unpack"
 # The binary kernel holds an [A planes (4 or 8), BN, BM, BK/32] popcount tile in registers.
 BINARY_TILE_LIMIT = 8192
+# The unpack kernel unrolls the groups of a K tile (every group's loads in flight before its dot).
+UNPACK_MAX_GROUPS = 8
 FLOAT_OUT = ("bfloat16", "float16", "float32")
 
 
@@ -90,10 +92,17 @@ def check_config(spec: KernelSpec, realization: str, cfg: TileConfig) -> TileCon
             problems.append(f"{name}={v} is not a power of two")
     if cfg.BK < 32:
         problems.append("BK must be >= 32 (one plane word)")
-    if spec.group_size and cfg.BK != spec.group_size:
-        problems.append(f"a K tile is one group, so BK must equal the group ({spec.group_size})")
+    if spec.group_size and realization == "binary" and cfg.BK != spec.group_size:
+        problems.append(f"a binary K tile is one group, so BK must equal the group ({spec.group_size})")
+    if spec.group_size and realization == "unpack" and (cfg.BK < spec.group_size or cfg.BK > UNPACK_MAX_GROUPS * spec.group_size):
+        problems.append(f"an unpack K tile is 1 to {UNPACK_MAX_GROUPS} whole groups, so BK must be a power-of-two "
+                        f"multiple of the group ({spec.group_size}) up to {UNPACK_MAX_GROUPS * spec.group_size}")
     if realization == "unpack" and (cfg.BM < 16 or cfg.BN < 16):
         problems.append("the unpack realization feeds tl.dot: BM and BN must be >= 16")
+    if cfg.W_AS_B and realization != "unpack":
+        problems.append("W_AS_B (tokens as the MMA's A operand) exists only for the unpack realization")
+    if cfg.GEMV or cfg.DEQUANT_FIRST:
+        problems.append("GEMV and DEQUANT_FIRST are W4A8 strategies; the bit-plane kernels have neither")
     if realization == "binary":
         planes = 4 if spec.a_bits == 4 else 8
         if planes * cfg.BN * cfg.BM * cfg.BK // 32 > BINARY_TILE_LIMIT:
@@ -111,10 +120,10 @@ def _sm_count() -> int:
     return 132  # an H100, so CPU-side choices match what the GPU would get
 
 
-def _split_for(tiles: int, k_tiles: int) -> int:
-    """Smallest split-K giving >= 2 programs per SM while each split keeps >= 4 K tiles."""
+def _split_for(tiles: int, k_tiles: int, per_sm: int = 2, min_k_tiles: int = 4) -> int:
+    """Smallest split-K giving >= per_sm programs per SM while each split keeps >= min_k_tiles K tiles."""
     split, sms = 1, _sm_count()
-    while tiles * split < 2 * sms and k_tiles // (split * 2) >= 4 and split < 16:
+    while tiles * split < per_sm * sms and k_tiles // (split * 2) >= min_k_tiles and split < 16:
         split *= 2
     return split
 
@@ -147,7 +156,8 @@ def default_config(spec: KernelSpec, realization: str, m: int, n: int, k: int) -
 
 
 def candidate_configs(spec: KernelSpec, realization: str, m: int, n: int, k: int) -> list[TileConfig]:
-    """The few tiles timed per (spec, realization, M bucket, N, K), the default first (at most 5)."""
+    """The few tiles timed per (spec, realization, M bucket, N, K), the default first (at most 5;
+    8 for grouped unpack at M <= 16 and 7 at M <= 64, where the multi-group and weight-as-B tiles join)."""
     bk = _bk(spec, 128)
 
     def split(bm, bn, kbk=bk):
@@ -159,23 +169,45 @@ def candidate_configs(spec: KernelSpec, realization: str, m: int, n: int, k: int
         for tile_m in (bm, max(1, bm // 2)):
             for bn in (16, 32, 64):
                 out.append(TileConfig(tile_m, bn, bk, split(tile_m, bn), 4, 3))
+    elif m <= 16 and spec.group_size:
+        # Decode: more bytes in flight per program (K tiles of 2-4 groups), more programs (split-K
+        # down to 2 K tiles per split, 4 programs per SM), and the weight-as-B mapping (mma.sync).
+        g = spec.group_size
+
+        def wide(bn, gpt, w_as_b=0, stages=3):
+            kbk = g * gpt
+            s = _split_for(-(-m // 16) * -(-n // bn), -(-k // kbk), per_sm=4, min_k_tiles=2)
+            return TileConfig(16, bn, kbk, s, 4, stages, W_AS_B=w_as_b)
+
+        out += [wide(64, 2), wide(128, 2), wide(64, 4, stages=2), wide(64, 1, 1, 4), wide(64, 2, 1),
+                wide(128, 2, 1), wide(32, 4, stages=2)]
+        return _valid(spec, realization, out, 8)
     elif m <= 64:
         bm = max(16, m_bucket(m))
         s64, s128 = split(bm, 64, _bk(spec, 256) if m <= 16 else bk), split(bm, 128)
         out += [TileConfig(bm, 128, bk, s128, 4, 4), TileConfig(bm, 64, bk, max(1, s64 // 2), 4, 4),
                 TileConfig(bm, 32, bk, split(bm, 32), 4, 4), TileConfig(bm, 64, bk, s64, 4, 3)]
+        if spec.group_size:
+            out += [TileConfig(bm, 64, 2 * bk, split(bm, 64, 2 * bk), 4, 3),
+                    TileConfig(bm, 64, bk, s64, 4, 4, W_AS_B=1)]
+        return _valid(spec, realization, out, 7)
     elif m <= 256:
         out += [TileConfig(128, 128, bk, 1, 8, 3), TileConfig(64, 64, bk, 1, 4, 4), TileConfig(64, 128, bk, 1, 4, 4)]
     else:
         # 256-wide tiles spill at 255 registers (float group sum + INT32 part): not candidates.
         out += [TileConfig(128, 128, bk, 1, 8, 4), TileConfig(64, 128, bk, 1, 4, 3), TileConfig(128, 64, bk, 1, 4, 3)]
+    return _valid(spec, realization, out, 5)
+
+
+def _valid(spec: KernelSpec, realization: str, configs: list[TileConfig], limit: int) -> list[TileConfig]:
+    """The distinct configs that can run, in order, at most `limit`."""
     valid = []
-    for c in dict.fromkeys(out):
+    for c in dict.fromkeys(configs):
         try:
             valid.append(check_config(spec, realization, c))
         except KernelError:
             pass
-    return valid[:5]
+    return valid[:limit]
 
 
 def _spec_named(fmt: str, realization: str, out: str) -> KernelSpec:
@@ -387,6 +419,7 @@ def _launch(cache: KernelCache, spec: KernelSpec, cfg: TileConfig, x2, sx, weigh
             HAS_BIAS=has_bias, EVEN_K=(k % cfg.BK == 0 and kw == k), INTERPRETED=out.device.type == "cpu",
             BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K, GROUP_M=cfg.GROUP_M,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **({"W_AS_B": True} if cfg.W_AS_B else {}),  # only when set: older kernel files lack it
         )
     except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
         raise KernelError(

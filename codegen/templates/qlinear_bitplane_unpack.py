@@ -1,30 +1,40 @@
 """Bit-plane qlinear, realization (a): weight planes recombined into INT8 in registers, INT8 tl.dot.
 
 Hopper has no binary MMA, so this is ABQ-LLM's decomposition with the weight sum done first:
-    v[n, k]      = sum_j w_j * bit(planes[j, n, k // 32], k % 32)   w_j = 1, 2, ..., -2**(W_BITS-1)
-    part[n, m]   = sum_{k in tile} v[n, k] * x[m, k]  -  zs[n, g] * sum_{k in tile} x[m, k]
-The W_BITS planes are read as uint32 words (bytes moved scale with the bit-width), each word is
-spread over its 32 K positions by one shift and mask per element, and the signed sum v (which fits
-int8 for every W_BITS <= 8) feeds one INT8 tensor-core dot per tile with INT32 accumulation; the
-asymmetric zero costs one row sum of x per tile instead of a subtraction per weight.
-Groups (GROUP_SIZE > 0): a K tile is exactly one group (BK == GROUP_SIZE), so each tile's exact
-INT32 part is scaled by s[n, g] in float32 and summed in ascending g, as the reference does.
-Per channel (GROUP_SIZE == 0): one INT32 accumulator over all of K, scaled once in the epilogue.
-RAW_ACCUMULATOR: store the exact per-group INT32 parts, out[m, g, n] (the test of exactness).
+    v[n, k]    = sum_j w_j * bit(planes[j, n, k // 32], k % 32)   w_j = 1, 2, ..., -2**(W_BITS-1)
+    part[n, m] = sum_{k in group} (v[n, k] - zs[n, g]) * x[m, k]
+The W_BITS planes are read as bytes (bytes moved scale with the bit-width) and recombined four K
+values per 32-bit register into the INT8 tile that feeds one tensor-core dot per group (INT32
+accumulation). Groups (GROUP_SIZE > 0): a K tile is GPT = BK / GROUP_SIZE whole groups, unrolled,
+and each group's exact INT32 part is scaled by s[n, g] in float32 and added in ascending g, as the
+reference does. Per channel (GROUP_SIZE == 0): one INT32 accumulator over all of K, scaled once in
+the epilogue. RAW_ACCUMULATOR: store the exact per-group INT32 parts, out[m, g, n] (the exactness test).
+W_AS_B: tokens on the MMA's A side and the weight on its B side (acc[m, n] = x . w8^T), turned once
+after the K loop; with 16-32 tokens Triton then emits mma.sync with both operands in registers.
 Weights: planes uint32 [W_BITS, N, KW/32] (plane-major, bit k % 32 of word k // 32 = column k),
 scale fp16 [N, NG], zero int8 [N, NG] (lowc.quant.bitplane.BitplaneWeight, read as stored).
 
-On the GPU the recombination runs four K values per 32-bit register (`spread_nibble`): the planes
-are read as bytes (little-endian, so byte b of a word is columns 8b..8b+7), each byte split into
-two nibbles; a nibble's four bits are moved to the four byte lanes by one multiply and one mask
-(nibble * 0x00204081: bit i lands at 8i, the other copies fall outside the mask), and added in with
-the plane's weight by one multiply-add: 2**j for the value planes, 256 - 2**(W_BITS-1) for the sign
-plane (its two's complement in a byte). Every lane ends in 0..255 and each lane's products stay
-below 256, so no lane carries into its neighbour, and the four lanes are the int8 values v.
-Under TRITON_INTERPRET the same v comes from one shift and mask per element (no inline assembly).
+Recombination, SIMD within a register (the same integer code on the GPU and under TRITON_INTERPRET).
+A plane byte holds columns 8b..8b+7 (little-endian words); it is split into two nibbles, and
+nibble * (0x00204081 << j) moves nibble bit i to bit 8i + j (the four shifted copies of a 4-bit
+value never overlap, so nothing carries; the stray copies fall outside the mask 0x01010101 << j).
+OR-ing the planes' masked bits gives four byte lanes of
+    q = v + 2**(P-1) in 0 .. 2**P - 1      (offset binary: the sign plane's bit is complemented),
+P = W_BITS. For P <= 7 the zero is folded in there (as the W4A8 kernel does):
+    lane = q + (128 - 2**(P-1) - zs) = (v - zs) + 128,   v - zs in -(2**P - 1) .. 2**P - 1,
+so every lane lies in 1..255 and adding the same constant to all four lanes never carries; XOR
+0x80808080 turns each lane into the int8 byte of v - zs, and the dot gives part directly (no row
+sum of x per group). For P = 8 the eight bits already are v's two's-complement byte, and part is
+corrected by zs * sum_k x. `unpack_byte_lanes` (common.py) then views the lanes as int8 K values.
 """
-
 # --- template body ---
+
+# The values an unsigned 32-bit register of four byte lanes needs (uint32, so no constant is read as
+# a negative or a 64-bit integer).
+LANE_ONES = tl.constexpr(0x01010101)  # bit 0 of every lane
+NIBBLE_SPREAD = tl.constexpr(0x00204081)  # nibble bit i -> bit 8i (times 1 + 2^7 + 2^14 + 2^21)
+FOLD_ZERO = tl.constexpr(W_BITS.value <= 7)  # the zero fits the lanes (v - zs in -127..127)
+ZERO_BASE = tl.constexpr(128 - 2 ** (W_BITS.value - 1))  # lane = q + ZERO_BASE - zs = v - zs + 128
 
 
 @triton.jit
@@ -36,70 +46,43 @@ def load_x_tile(x_ptr, rm_ld, k, K, stride_xm, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def spread_nibble(nib, weight, v):
-    """GPU only. v + weight * bits of `nib`, four byte lanes per register (module docstring).
-    nib, weight: [BN, BK] int32, equal over each four K values; v: [BN, BK] int8."""
-    return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t;
-        mul.lo.u32 t, $1, 0x00204081;
-        and.b32 t, t, 0x01010101;
-        mad.lo.u32 $0, t, $5, $9;
-        }""",
-        constraints="=r,r,r,r,r,r,r,r,r,r",
-        args=[nib, weight, v],
-        dtype=tl.int8,
-        is_pure=True,
-        pack=4,
-    )
+def plane_nibbles(planes_ptr, j, rn_ld, g, N, KWB, EVEN_K: tl.constexpr, BN: tl.constexpr, G: tl.constexpr):
+    """uint32 [BN, G // 4]: bits 4c..4c+3 of K slice g (G values) of plane j, in natural K order.
+    The plane row is read as bytes (little-endian: byte b = columns 8b..8b+7); each byte is split
+    into its low (8b..8b+3) and high (8b+4..8b+7) nibble, a register relabelling since each thread
+    holds both nibbles of its bytes."""
+    rb = g * (G // 8) + tl.arange(0, G // 8)
+    ptrs = planes_ptr.to(tl.pointer_type(tl.uint8)) + j * N * KWB + rn_ld[:, None] * KWB + rb[None, :]
+    if EVEN_K:
+        b = tl.load(ptrs)
+    else:
+        b = tl.load(ptrs, mask=rb[None, :] < KWB, other=0)
+    b = b.to(tl.uint32)
+    return tl.join(b & 0xF, b >> 4).reshape(BN, G // 4)
 
 
 @triton.jit
-def recombine_planes(planes_ptr, rn_ld, kt, N, KWB, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr,
-                     BN: tl.constexpr, BK: tl.constexpr):
-    """uint32 plane words [W_BITS x BN x BK/32] -> int8 v [BN, BK] in natural K order. KWB is a
-    plane row in bytes (KW / 8), passed from the host so that Triton sees its divisibility."""
-    if INTERPRETED:
-        KW32 = KWB // 4
-        wk = kt * (BK // 32) + tl.arange(0, BK // 32)
-        shifts = tl.arange(0, 32).to(tl.uint32)
-        v = tl.zeros((BN, BK // 32, 32), dtype=tl.int32)
-        for j in tl.static_range(W_BITS):
-            ptrs = planes_ptr + j * N * KW32 + rn_ld[:, None] * KW32 + wk[None, :]
-            if EVEN_K:
-                words = tl.load(ptrs)
-            else:
-                words = tl.load(ptrs, mask=wk[None, :] < KW32, other=0)
-            bits = ((words[:, :, None] >> shifts[None, None, :]) & 1).to(tl.int32)
-            if j == W_BITS - 1:
-                v -= bits << j  # the sign plane weighs -2**(W_BITS-1)
-            else:
-                v += bits << j
-        return v.reshape(BN, BK).to(tl.int8)
-    else:
-        KW8 = KWB
-        rb = kt * (BK // 8) + tl.arange(0, BK // 8)
-        byte_ptr = planes_ptr.to(tl.pointer_type(tl.uint8))
-        v = tl.zeros((BN, BK), dtype=tl.int8)
-        for j in tl.static_range(W_BITS):
-            ptrs = byte_ptr + j * N * KW8 + rn_ld[:, None] * KW8 + rb[None, :]
-            if EVEN_K:
-                b = tl.load(ptrs)
-            else:
-                b = tl.load(ptrs, mask=rb[None, :] < KW8, other=0)
-            nib = tl.join(b & 0xF, b >> 4).reshape(BN, BK // 4).to(tl.int32)
-            nib = tl.broadcast_to(nib[:, :, None], (BN, BK // 4, 4)).reshape(BN, BK)
-            if j == W_BITS - 1:
-                weight = 256 - (1 << j)  # -2**(W_BITS-1) as an unsigned byte
-            else:
-                weight = 1 << j
-            v = spread_nibble(nib, tl.full((BN, BK), weight, tl.int32), v)
-        return v
+def recombine_slice(planes_ptr, zero, rn_ld, g, N, KWB, EVEN_K: tl.constexpr, BN: tl.constexpr, G: tl.constexpr):
+    """int8 w8 [BN, G] of K slice g, four K values per 32-bit register (module docstring):
+    w8 = v - zs when FOLD_ZERO (zero: int32 [BN], the slice's zs), else w8 = v (8 planes)."""
+    ones = tl.full((1, 1), LANE_ONES, tl.uint32)
+    spread = tl.full((1, 1), NIBBLE_SPREAD, tl.uint32)
+    q = tl.zeros((BN, G // 4), dtype=tl.uint32)
+    for j in tl.static_range(W_BITS):
+        t = plane_nibbles(planes_ptr, j, rn_ld, g, N, KWB, EVEN_K, BN, G) * (spread << j)
+        if FOLD_ZERO and j == W_BITS - 1:
+            t = ~t  # offset binary: q's top bit is the complement of the sign plane's
+        q = q | (t & (ones << j))
+    if FOLD_ZERO:
+        # lane = q + 128 - 2^(P-1) - zs = w8 + 128 in 1..255: no lane carries; ^ 0x80 makes it int8 w8.
+        c = (tl.full((BN,), ZERO_BASE, tl.int32) - zero).to(tl.uint32)
+        q = (q + c[:, None] * ones) ^ (ones << 7)
+    return unpack_byte_lanes(q.to(tl.int32, bitcast=True), BN, G)
 
 
 @triton.jit
 def store_raw(out_ptr, part, rn, rm, g, M, N, NG):
-    mask = (rn[:, None] < N) & (rm[None, :] < M)
+    mask = (rn[:, None] < N) & (rm[None, :] < M) & ((rn[:, None] * 0 + g) < NG)
     tl.store(out_ptr + (rm[None, :] * NG + g) * N + rn[:, None], part, mask=mask)
 
 
@@ -143,41 +126,77 @@ def qlinear_kernel(
     M, N, K, KW, KWB, stride_xm,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+    W_AS_B: tl.constexpr = False,
 ):
+    # A K tile holds GPT slices of G values: whole groups (G = GROUP_SIZE), or per channel G = BK.
+    G: tl.constexpr = GROUP_SIZE if GROUP_SIZE > 0 else BK
+    GPT: tl.constexpr = BK // G
     pid_n, pid_m = tile_coords(tl.program_id(0), M, N, BM, BN, GROUP_M)
     rn = pid_n * BN + tl.arange(0, BN)
     rm = pid_m * BM + tl.arange(0, BM)
     rn_ld = rn % N
     rm_ld = rm % M
-    rk = tl.arange(0, BK)
+    rg = tl.arange(0, G)
     if GROUP_SIZE > 0:
         NG = KW // GROUP_SIZE
     else:
         NG = 1
     k_first, k_last = split_range(tl.program_id(1), tl.cdiv(KW, BK), SPLIT_K)
-    y = tl.zeros((BN, BM), dtype=tl.float32)
-    acc = tl.zeros((BN, BM), dtype=tl.int32)
+    # Accumulators in the MMA's orientation: [BN, BM] (weight as A), or [BM, BN] with W_AS_B, turned
+    # once after the loop; the per-group float products are element-wise, so the orientation does
+    # not change a bit of the result.
+    if W_AS_B:
+        y = tl.zeros((BM, BN), dtype=tl.float32)
+        acc = tl.zeros((BM, BN), dtype=tl.int32)
+    else:
+        y = tl.zeros((BN, BM), dtype=tl.float32)
+        acc = tl.zeros((BN, BM), dtype=tl.int32)
     xsum = tl.zeros((BM,), dtype=tl.int32)
+    if GROUP_SIZE == 0:
+        zs = tl.load(zero_ptr + rn_ld).to(tl.int32)
     for kt in range(k_first, k_last):
-        x = load_x_tile(x_ptr, rm_ld, kt * BK + rk, K, stride_xm, EVEN_K)
-        v = recombine_planes(planes_ptr, rn_ld, kt, N, KWB, EVEN_K, INTERPRETED, BN, BK)
-        if GROUP_SIZE > 0:
-            part = tl.dot(v, tl.trans(x), out_dtype=tl.int32)
-            zs = tl.load(zero_ptr + rn_ld * NG + kt).to(tl.int32)
-            part -= zs[:, None] * tl.sum(x.to(tl.int32), axis=1)[None, :]
-            if RAW_ACCUMULATOR:
-                store_raw(out_ptr, part, rn, rm, kt, M, N, NG)
+        # The GPT slices are unrolled, so every slice's loads can be in flight before the first dot.
+        for gi in tl.static_range(GPT):
+            g = kt * GPT + gi
+            x = load_x_tile(x_ptr, rm_ld, g * G + rg, K, stride_xm, EVEN_K)
+            if GROUP_SIZE > 0:
+                zs = tl.load(zero_ptr + rn_ld * NG + g, mask=(rn_ld * 0 + g) < NG, other=0).to(tl.int32)
+            w8 = recombine_slice(planes_ptr, zs, rn_ld, g, N, KWB, EVEN_K, BN, G)
+            if GROUP_SIZE > 0:
+                if W_AS_B:
+                    part = tl.dot(x, tl.trans(w8), out_dtype=tl.int32)
+                    if not FOLD_ZERO:
+                        part -= tl.sum(x.to(tl.int32), axis=1)[:, None] * zs[None, :]
+                    if RAW_ACCUMULATOR:
+                        store_raw(out_ptr, tl.trans(part), rn, rm, g, M, N, NG)
+                    else:
+                        s = tl.load(scale_ptr + rn_ld * NG + g, mask=(rn_ld * 0 + g) < NG, other=0.0).to(tl.float32)
+                        y += part.to(tl.float32) * s[None, :]
+                else:
+                    part = tl.dot(w8, tl.trans(x), out_dtype=tl.int32)
+                    if not FOLD_ZERO:
+                        part -= zs[:, None] * tl.sum(x.to(tl.int32), axis=1)[None, :]
+                    if RAW_ACCUMULATOR:
+                        store_raw(out_ptr, part, rn, rm, g, M, N, NG)
+                    else:
+                        s = tl.load(scale_ptr + rn_ld * NG + g, mask=(rn_ld * 0 + g) < NG, other=0.0).to(tl.float32)
+                        y += part.to(tl.float32) * s[:, None]
             else:
-                s = tl.load(scale_ptr + rn_ld * NG + kt).to(tl.float32)
-                y += part.to(tl.float32) * s[:, None]
-        else:
-            acc = tl.dot(v, tl.trans(x), acc, out_dtype=tl.int32)
-            xsum += tl.sum(x.to(tl.int32), axis=1)
+                if W_AS_B:
+                    acc = tl.dot(x, tl.trans(w8), acc, out_dtype=tl.int32)
+                else:
+                    acc = tl.dot(w8, tl.trans(x), acc, out_dtype=tl.int32)
+                if not FOLD_ZERO:
+                    xsum += tl.sum(x.to(tl.int32), axis=1)
+    if W_AS_B:
+        y = tl.trans(y)
+        acc = tl.trans(acc)
 
     if GROUP_SIZE == 0:
-        # Per channel: the zero correction is linear, so each split corrects its own partial sum,
-        # and the splits add exactly in INT32.
-        acc -= tl.load(zero_ptr + rn_ld).to(tl.int32)[:, None] * xsum[None, :]
+        if not FOLD_ZERO:
+            # Per channel: the zero correction is linear, so each split corrects its own partial sum,
+            # and the splits add exactly in INT32.
+            acc -= zs[:, None] * xsum[None, :]
         finish_channel(acc, sx_ptr, scale_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr, rn, rm, rn_ld, pid_n, pid_m,
                        M, N, HAS_BIAS, BN, SPLIT_K)
     elif not RAW_ACCUMULATOR:

@@ -43,10 +43,11 @@ def make_case(fmt, m, n, k, seed=0, device=DEVICE):
     return packed, [t.to(device) for t in packed.tensors()], xq.to(device), sx.to(device), bias.to(device)
 
 
-def tile(realization, group, m, split=1, bn=16):
-    bk = group or 64
-    bm = 16 if realization == "unpack" else max(1, min(16, 1 << (m - 1).bit_length()))
-    return TileConfig(bm, bn, bk, split)
+def tile(realization, group, m, split=1, bn=16, groups_per_tile=1, w_as_b=False):
+    bk = (group or 64) * groups_per_tile
+    if realization == "unpack":
+        return TileConfig(16, bn, bk, split, W_AS_B=int(w_as_b))
+    return TileConfig(max(1, min(16, 1 << (m - 1).bit_length())), bn, group or 64, split)
 
 
 @settings(max_examples=12, deadline=None)
@@ -54,23 +55,28 @@ def tile(realization, group, m, split=1, bn=16):
     w_bits=st.integers(2, 8), a_bits=st.integers(4, 8), group=st.sampled_from([0, 32, 64]), bb=st.booleans(),
     realization=st.sampled_from(bg.REALIZATIONS), m=st.integers(1, 5), n=st.integers(1, 40),
     k=st.integers(1, 200), split=st.sampled_from([1, 2]), seed=st.integers(0, 99),
+    groups_per_tile=st.sampled_from([1, 2, 4]), w_as_b=st.booleans(),
 )
-def test_accumulators_equal_the_direct_integer_gemm(cache, w_bits, a_bits, group, bb, realization, m, n, k, split, seed):
+def test_accumulators_equal_the_direct_integer_gemm(cache, w_bits, a_bits, group, bb, realization, m, n, k, split, seed,
+                                                    groups_per_tile, w_as_b):
+    """Unpack tiles of 1, 2 or 4 groups (last tile part past the groups), either operand mapping."""
     fmt = format_name(w_bits, a_bits, group, bb and w_bits == 2, "bp")
     packed, weight, xq, sx, _ = make_case(fmt, m, n, k, seed)
+    cfg = tile(realization, group, m, split, groups_per_tile=groups_per_tile if group else 1, w_as_b=w_as_b)
     acc = bg.qlinear_bitplane(xq, sx, weight, None, fmt, torch.float32, realization=realization,
-                              config=tile(realization, group, m, split), raw=True, cache=cache)
+                              config=cfg, raw=True, cache=cache)
     assert acc.dtype == torch.int32 and torch.equal(acc.cpu(), packed.accumulators(xq.cpu()))
 
 
-@pytest.mark.parametrize("realization", bg.REALIZATIONS)
-@pytest.mark.parametrize("fmt", ["w3a8_g32_bp", "w6a6_pc_bp", "w2a8_g64_bb_bp"])
+@pytest.mark.parametrize("realization, groups_per_tile, w_as_b", [
+    ("unpack", 1, False), ("unpack", 2, True), ("binary", 1, False)])
+@pytest.mark.parametrize("fmt", ["w3a8_g32_bp", "w6a6_pc_bp", "w2a8_g64_bb_bp", "w8a8_g32_bp"])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
-def test_float_output_equals_reference_without_split_k(cache, realization, fmt, out_dtype):
+def test_float_output_equals_reference_without_split_k(cache, realization, groups_per_tile, w_as_b, fmt, out_dtype):
     packed, weight, xq, sx, bias = make_case(fmt, 3, 21, 150, seed=1)
     group = packed.spec.group or 0
-    y = bg.qlinear_bitplane(xq, sx, weight, bias, fmt, out_dtype, realization=realization,
-                            config=tile(realization, group, 3), cache=cache)
+    cfg = tile(realization, group, 3, groups_per_tile=groups_per_tile if group else 1, w_as_b=w_as_b)
+    y = bg.qlinear_bitplane(xq, sx, weight, bias, fmt, out_dtype, realization=realization, config=cfg, cache=cache)
     ref = packed.linear(xq.cpu(), sx.cpu(), bias.cpu(), out_dtype)
     if DEVICE == "cpu" and out_dtype == torch.float32:
         assert torch.equal(y, ref)  # same float32 products, same order, no FMA in the interpreter
@@ -105,24 +111,33 @@ def test_rendered_sources_are_readable_and_distinct(cache):
 
 @pytest.mark.parametrize("planes", range(2, 9))
 def test_simd_recombination_arithmetic(planes):
-    """Emulates `spread_nibble` (the GPU path's inline PTX) on 32-bit integers: for every value of
-    four K positions, the plane nibbles recombine into the four int8 lanes of v without carries."""
+    """`recombine_slice`'s register arithmetic on explicit 32-bit integers, for every zero zs and
+    random v of four K positions: the masked nibble products never carry, q is v offset by
+    2^(P-1), and lane + (128 - 2^(P-1) - zs) stays in 1..255, so the XOR gives the int8 bytes of
+    v - zs (P <= 7); with 8 planes the bits are v's own bytes."""
     g = torch.Generator().manual_seed(planes)
-    v = torch.randint(-(2 ** (planes - 1)), 2 ** (planes - 1), (2000, 4), generator=g).tolist()
+    half = 2 ** (planes - 1)
+    v = torch.randint(-half, half, (400, 4), generator=g).tolist()
     for lanes in v:
-        reg = 0  # v_in of the first plane: zeros
-        lane_sums = [0, 0, 0, 0]
+        bits = [((lane + 256) & 0xFF) for lane in lanes]  # two's complement: plane j = bit j (sign plane: P-1)
+        q = 0
         for j in range(planes):
-            nib = sum(((lane >> j) & 1) << i for i, lane in enumerate(lanes))  # bit j of each lane
-            weight = 256 - (1 << j) if j == planes - 1 else 1 << j
-            t = ((nib * 0x00204081) & 0xFFFFFFFF) & 0x01010101  # mul.lo.u32, and.b32
-            assert t == sum(((nib >> i) & 1) << (8 * i) for i in range(4))  # bit i moved to lane i
-            reg = (t * weight + reg) & 0xFFFFFFFF  # mad.lo.u32
-            lane_sums = [acc + ((nib >> i) & 1) * weight for i, acc in enumerate(lane_sums)]
-            assert max(lane_sums) <= 255  # no lane carries into its neighbour
-            assert reg == sum(acc << (8 * i) for i, acc in enumerate(lane_sums))
-        got = [((reg >> (8 * i)) & 0xFF) - (256 if (reg >> (8 * i)) & 0x80 else 0) for i in range(4)]
-        assert got == lanes
+            nib = sum(((b >> j) & 1) << i for i, b in enumerate(bits))  # bit j of K offsets 0..3
+            t = (nib * (0x00204081 << j)) & 0xFFFFFFFF
+            if planes <= 7 and j == planes - 1:
+                t = ~t & 0xFFFFFFFF
+            q |= t & (0x01010101 << j)
+        lanes_q = [(q >> (8 * i)) & 0xFF for i in range(4)]
+        if planes == 8:
+            assert [b - 256 if b & 0x80 else b for b in lanes_q] == lanes
+            continue
+        assert lanes_q == [lane + half for lane in lanes]
+        for zs in range(-half, half):
+            c = 128 - half - zs
+            assert 1 <= c and all(1 <= lq + c <= 255 for lq in lanes_q)  # no lane carries
+            r = ((q + c * 0x01010101) & 0xFFFFFFFF) ^ 0x80808080
+            got = [((r >> (8 * i)) & 0xFF) - (256 if (r >> (8 * i)) & 0x80 else 0) for i in range(4)]
+            assert got == [lane - zs for lane in lanes]
 
 
 # -- the selector ----------------------------------------------------------------------------------------
@@ -176,9 +191,13 @@ def test_bad_inputs_name_the_problem(cache):
         bg.kernel_spec("w4a8_g128", "unpack")
     with pytest.raises(KernelError, match="unknown bit-plane realization"):
         bg.kernel_spec("w3a8_g32_bp", "mma_b1")
-    with pytest.raises(KernelError, match="BK must equal the group"):
+    with pytest.raises(KernelError, match="1 to 8 whole groups"):
         bg.qlinear_bitplane(xq, sx, weight, None, "w3a8_g32_bp", torch.float32, realization="unpack",
-                            config=TileConfig(16, 16, 64), cache=cache)
+                            config=TileConfig(16, 16, 512), cache=cache)
+    with pytest.raises(KernelError, match="binary K tile is one group"):
+        bg.check_config(bg.kernel_spec("w3a8_g32_bp", "binary"), "binary", TileConfig(4, 16, 64))
+    with pytest.raises(KernelError, match="W_AS_B"):
+        bg.check_config(bg.kernel_spec("w3a8_g32_bp", "binary"), "binary", TileConfig(4, 16, 32, W_AS_B=1))
     with pytest.raises(KernelError, match="BM and BN must be >= 16"):
         bg.check_config(bg.kernel_spec("w3a8_g32_bp", "unpack"), "unpack", TileConfig(4, 16, 32))
     with pytest.raises(QuantizationError, match="expected uint32"):
