@@ -157,15 +157,6 @@ GEMV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("fmt,shape,config", GEMV_CASES, ids=lambda v: str(v) if not isinstance(v, TileConfig) else "")
-def test_gemv_accumulator_equals_reference_exactly(cache, fmt, shape, config):
-    m, n, k = shape
-    _, weight, xq, sx, _ = make_case(fmt, m, n, k, seed=13)
-    acc = gemm.qlinear_triton(xq, sx, weight, None, fmt, torch.int32, config=config, cache=cache)
-    ref = cache.get(spec_for_qlinear(fmt, torch.int8, torch.int32)).reference(xq, sx, weight, None, torch.int32)
-    assert torch.equal(acc, ref)
-
-
 # Tokens on the MMA's A side, the dequantized weight on B (W_AS_B, w4a8_g only): the accumulator is
 # transposed once after the loop; odd M and N, masked K, split-K, and a BM that is not BN.
 W_AS_B_CASES = [
@@ -174,10 +165,11 @@ W_AS_B_CASES = [
 ]
 
 
-@pytest.mark.parametrize("fmt,shape,config", W_AS_B_CASES, ids=lambda v: str(v) if not isinstance(v, TileConfig) else "")
-def test_weight_as_b_accumulator_equals_reference_exactly(cache, fmt, shape, config):
+@pytest.mark.parametrize("fmt,shape,config", GEMV_CASES + W_AS_B_CASES,
+                         ids=lambda v: str(v) if not isinstance(v, TileConfig) else ("gemv" if v.GEMV else "w_as_b"))
+def test_gemv_and_weight_as_b_accumulators_equal_reference_exactly(cache, fmt, shape, config):
     m, n, k = shape
-    _, weight, xq, sx, _ = make_case(fmt, m, n, k, seed=15)
+    _, weight, xq, sx, _ = make_case(fmt, m, n, k, seed=13)
     acc = gemm.qlinear_triton(xq, sx, weight, None, fmt, torch.int32, config=config, cache=cache)
     ref = cache.get(spec_for_qlinear(fmt, torch.int8, torch.int32)).reference(xq, sx, weight, None, torch.int32)
     assert torch.equal(acc, ref)
