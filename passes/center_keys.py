@@ -34,6 +34,14 @@ ATTENTION = torch.ops.lowc.attention.default
 META_KEY_CENTER = "lowc_key_center"  # lowc::attention -> the key centre [Hkv, D] kv_cache subtracts
 
 
+def check_rotation_dim(head_dim: int, pass_name: str) -> None:
+    """The key rotation is a Walsh-Hadamard transform over head_dim: a PassError unless a power of two."""
+    if head_dim & (head_dim - 1):
+        raise PassError(f"{pass_name}: the key rotation (kv_rotation) is a Walsh-Hadamard transform over head_dim, "
+                        f"which must be a power of two; this model's is {head_dim}. Use "
+                        "scheme.replace(kv_rotation=False)")
+
+
 def key_center(mean: torch.Tensor, rotate: bool, dtype: torch.dtype) -> torch.Tensor:
     """The centre [Hkv, D] of keys whose float32 mean is `mean`, as the cache sees them (rotated or not)."""
     c = mean.to(torch.float32)
@@ -52,10 +60,9 @@ def center_keys(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
                             "first (lowc.compile does so when the pipeline contains center_keys)")
         val = attn.args[1].meta.get("val") if isinstance(attn.args[1], fx.Node) else None
         dtype = val.dtype if isinstance(val, torch.Tensor) else torch.float32
-        d = stats.mean.shape[-1]
-        if rotate and d & (d - 1):
-            raise PassError(f"center_keys: the key rotation needs a power-of-two head_dim, this model's is {d}; "
-                            "use scheme.replace(kv_rotation=False)")
-        attn.meta[META_KEY_CENTER] = key_center(stats.mean, rotate, dtype)
+        mean = stats.mean
+        if rotate:
+            check_rotation_dim(mean.shape[-1], "center_keys")
+        attn.meta[META_KEY_CENTER] = key_center(mean, rotate, dtype)
         layers += 1
     return PassResult(gm, modified=False, info={"layers": layers, "rotated": rotate})

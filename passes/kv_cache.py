@@ -37,7 +37,7 @@ from lowc.errors import PassError
 from lowc.ir import META_FORMAT, META_SITE
 from lowc.ops.kv_ops import CONTEXT_INPUTS, KVCacheSpec, kv_format
 from lowc.passes.base import APPROXIMATE, PassContext, PassResult, register_pass
-from lowc.passes.center_keys import META_KEY_CENTER
+from lowc.passes.center_keys import META_KEY_CENTER, check_rotation_dim
 from lowc.passes.weights import new_attr
 
 META_KV_SPEC = "lowc_kv_cache"  # gm.meta key holding the KVCacheSpec
@@ -60,9 +60,8 @@ def kv_cache(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     context = [inputs[name] for name in CONTEXT_INPUTS]
     per_layer = len(spec.parts)
     rotate = bool(ctx.scheme.kv_rotation)
-    if rotate and spec.head_dim & (spec.head_dim - 1):
-        raise PassError(f"kv_cache: the key rotation (kv_rotation) is a Walsh-Hadamard transform over head_dim, which "
-                        f"must be a power of two; this model's is {spec.head_dim}. Use scheme.replace(kv_rotation=False)")
+    if rotate:
+        check_rotation_dim(spec.head_dim, "kv_cache")
     fused = centred = 0
     for attn in attns:
         q, k, v, scale, layer, window = attn.args

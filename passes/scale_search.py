@@ -73,20 +73,13 @@ def search_group(gm: fx.GraphModule, group: LinearGroup, fmt: str, steps: int) -
     # Channels that share a producer slot (GQA's o_proj, a reorder gather) must share s: take the
     # slot's largest rms, as smooth takes the slot's largest absmax.
     slot_rms = slot_max(stats.mean_sq.clamp_min(0).sqrt(), group.slot, n)
-    best = (0.0, None, None)
-    base = None
-    for i in range(steps + 1):
-        alpha = i / steps
-        slot_scale = candidate_scales(slot_rms, alpha)
-        err = scaled_error(weights, h, slot_scale[group.slot], fmt)
-        if base is None:
-            base = err
-        if best[1] is None or err < best[1]:
-            best = (alpha, err, slot_scale)
-    alpha, err, slot_scale = best
-    if alpha > 0.0:
-        apply_channel_scale(gm, group, slot_scale)
-    return alpha, base, err
+    alphas = [i / steps for i in range(steps + 1)]  # alphas[0] = 0: no scaling, the baseline
+    scales = [candidate_scales(slot_rms, a) for a in alphas]
+    errors = [scaled_error(weights, h, s[group.slot], fmt) for s in scales]
+    best = min(range(len(alphas)), key=errors.__getitem__)  # the first of equal errors: the smallest alpha
+    if best > 0:
+        apply_channel_scale(gm, group, scales[best])
+    return alphas[best], errors[0], errors[best]
 
 
 @register_pass("scale_search", numerics=EXACT)
