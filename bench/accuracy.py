@@ -68,6 +68,7 @@ def ladder() -> list[Row]:
                                                            "kv_key_center": True}),
         Row("w4a8kv4/gptq", "w4a8kv4", "+ clip + GPTQ", {"scale_search": False}),
         Row("w4a8kv4/full", "w4a8kv4", "+ scale search (preset)"),
+        Row("w4a8kv4/nosmooth", "w4a8kv4", "preset without SmoothQuant (tried, not kept)", {"smooth_alpha": None}),
         Row("w4a4/rtn", "w4a4", "round-to-nearest, no outliers", {**off, "n_outliers": 0}),
         Row("w4a4/reorder", "w4a4", "+ reorder (128 INT8 outliers)", off),
         Row("w4a4/smooth", "w4a4", "+ smooth + key rotation + key centre",
