@@ -3,11 +3,14 @@
 One run on one GPU, the shapes and M sweep of bench/gemm.py (Llama-3-8B linears N x K = 4096x4096,
 6144x4096, 28672x4096, 4096x14336; M in 1 .. 4096), every side timed by CUDA-graph replay
 (do_bench_cudagraph, median) with weights rotated over >= 4x L2 (bench/gemm.py's helpers), random
-data. For each bit-plane format and M it times the candidate tiles of both realizations (`unpack`:
-planes -> INT8 + tl.dot; `binary`: AND + popcount, at M <= 32 where it can compete), keeps the
-fastest of each, and stores the winner per (format, M bucket, N, K) in the selector's table (the
-autotune results: lowc.runtime.bitplane_gemm.RealizationSelector), copied to --table-out for
-lowc/runtime/configs/bitplane-<gpu>.json. `bitplane_rows` is the function bench/gemm.py can call
+data. For each bit-plane format and M it times the candidate tiles of the realizations (`unpack`:
+planes -> INT8 + tl.dot; `binary`: AND + popcount, at M <= 32 where it can compete; `gemv`: the
+CUDA-core decode kernel, at M <= 4), keeps the fastest of each, and stores the winner per (format,
+M bucket, N, K) in the selector's table (the autotune results:
+lowc.runtime.bitplane_gemm.RealizationSelector), copied to --table-out for
+lowc/runtime/configs/bitplane-<gpu>.json. The shipped table's unpack config is always timed too
+("shipped"); with --realizations not naming unpack it stands in as unpack's candidate, so a sweep of
+only the GEMV still compares it with the current choice. `bitplane_rows` is the function bench/gemm.py can call
 to add these rows to its own run.
 
     python bench/gemm_bitplane.py --out $OUT/gemm_bitplane.json --table-out $OUT/bitplane-h100.json
@@ -167,6 +170,10 @@ def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, 
                             graphed_rep=10, eager_rep=0)[0]
                 except Exception as e:
                     log(f"  {fmt} shipped config {cfg_old}: failed ({type(e).__name__}: {str(e)[:160]})")
+                if "shipped_config_new_kernel_us" in old and "unpack" not in (realizations or bg.REALIZATIONS):
+                    # Not swept: the shipped unpack config is the unpack realization's candidate, so the
+                    # table keeps it wherever it still beats the swept realizations.
+                    times["unpack"] = (old["shipped_config_new_kernel_us"], cfg_old)
                 for r in realizations or bg.REALIZATIONS:
                     if r == "binary" and m > BINARY_MAX_M:
                         continue
@@ -201,6 +208,17 @@ def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, 
                     **{f"x_vs_{b}": row[f"{b}_us"] / us for b in BASELINE_FORMATS},
                     "shipped_config": cfg_old.to_dict(), **old,
                 }
+                if "gemv" in times:
+                    g_us = times["gemv"][0]
+                    row["bitplane"][fmt].update({
+                        "gemv_us": g_us, "gemv_config": times["gemv"][1].to_dict(),
+                        "gemv_x_vs_bf16": row["bf16_us"] / g_us, "gemv_x_vs_w4a8_g128": row["w4a8_g128_us"] / g_us,
+                        "gemv_mem_floor_fraction": nbytes / ceil["copy_bw_Bps"] * 1e6 / g_us})
+                if "shipped_config_new_kernel_us" in old:
+                    s_us = old["shipped_config_new_kernel_us"]
+                    row["bitplane"][fmt].update({
+                        "shipped_x_vs_bf16": row["bf16_us"] / s_us, "shipped_x_vs_w4a8_g128": row["w4a8_g128_us"] / s_us,
+                        "shipped_mem_floor_fraction": nbytes / ceil["copy_bw_Bps"] * 1e6 / s_us})
                 if "old_kernel_us" in old:
                     row["bitplane"][fmt].update({
                         "old_x_vs_bf16": row["bf16_us"] / old["old_kernel_us"],
@@ -237,6 +255,12 @@ def summary(rows, formats):
                 **({"old_x_vs_bf16": geomean([s["old_x_vs_bf16"] for s in sel]),
                     "old_x_vs_w4a8_g128": geomean([s["old_x_vs_w4a8_g128"] for s in sel])}
                    if all("old_x_vs_bf16" in s for s in sel) else {}),
+                # "shipped": the unpack kernel with the shipped table's config; "gemv": the best GEMV tile.
+                **{f"{side}_{what}": geomean([s[f"{side}_{what}"] for s in sel])
+                   for side in ("shipped", "gemv") for what in ("x_vs_bf16", "x_vs_w4a8_g128", "mem_floor_fraction")
+                   if all(f"{side}_{what}" in s for s in sel)},
+                "w4a8_g128_x_vs_bf16": geomean([r["bf16_us"] / r["w4a8_g128_us"] for r in rows
+                                               if r["M"] == m and fmt in r["bitplane"]]),
                 "realizations": sorted({s["realization"] for s in sel}),
             }
     return out
@@ -244,7 +268,9 @@ def summary(rows, formats):
 
 def print_table(result):
     s = result["summary"]
-    for what in ("x_vs_bf16", "x_vs_w4a8_g128", "x_vs_w8a8", "old_x_vs_bf16", "old_x_vs_w4a8_g128"):
+    for what in ("x_vs_bf16", "x_vs_w4a8_g128", "x_vs_w8a8", "old_x_vs_bf16", "old_x_vs_w4a8_g128",
+                 "shipped_x_vs_bf16", "shipped_x_vs_w4a8_g128", "gemv_x_vs_bf16", "gemv_x_vs_w4a8_g128",
+                 "mem_floor_fraction", "shipped_mem_floor_fraction", "gemv_mem_floor_fraction", "w4a8_g128_x_vs_bf16"):
         if not any(what in per[m] for per in s.values() for m in per):
             continue
         ms = sorted({int(m) for per in s.values() for m in per})
@@ -252,7 +278,7 @@ def print_table(result):
         print("format".ljust(14) + "".join(f"M={m}".rjust(9) for m in ms))
         for fmt, per_m in s.items():
             print(fmt.ljust(14) + "".join(f"{per_m[m][what]:9.2f}" if what in per_m.get(m, {}) else "      n/a" for m in ms))
-    print("\nchosen realization (u = unpack, b = binary), per M over shapes")
+    print("\nchosen realization (u = unpack, b = binary, g = gemv), per M over shapes")
     for fmt, per_m in s.items():
         print(fmt.ljust(14) + "".join(("/".join(r[0] for r in per_m[m]["realizations"])).rjust(9) for m in sorted(per_m)))
 

@@ -3,9 +3,11 @@
     qlinear_bitplane(x, x_scale, weight, bias, fmt, out_dtype, *, realization=None, config=None,
                      raw=False, cache=None, selector=None) -> Tensor
 
-runs a `w{N}a{M}_..._bp` lowc::qlinear (lowc.quant.bitplane) through one of two generated kernels:
+runs a `w{N}a{M}_..._bp` lowc::qlinear (lowc.quant.bitplane) through one of three generated kernels:
   "unpack"  (codegen/templates/qlinear_bitplane_unpack.py): planes -> INT8 in registers, INT8 tl.dot;
-  "binary"  (codegen/templates/qlinear_bitplane_binary.py): AND + popcount over both operands' planes.
+  "binary"  (codegen/templates/qlinear_bitplane_binary.py): AND + popcount over both operands' planes;
+  "gemv"    (codegen/templates/qlinear_bitplane_gemv.py): decode (M <= GEMV_MAX_M) on the CUDA cores,
+            plane bits as byte lanes, dp4a against x (no tensor cores, no recombined INT8 tile).
 Each realization is its own KernelSpec (op `qlinear_unpack` / `qlinear_binary`), so each has its own
 kernel file, cache entry and tuned configs. `raw=True` returns the exact per-group INT32 accumulators
 [M, NG, N] instead of the output (the exactness test).
@@ -13,11 +15,11 @@ kernel file, cache entry and tuned configs. `raw=True` returns the exact per-gro
 Which realization and tile a call uses is decided per (format, output dtype, M bucket, N, K, GPU) by
 `RealizationSelector`, in this order: this process's memory; the user table
 `<cache>/autotune/bitplane-<gpu>.json`; the shipped table `lowc/runtime/configs/bitplane-<gpu>.json`
-(written by bench/gemm_bitplane.py, which times both realizations on the GPU); in each table the exact
+(written by bench/gemm_bitplane.py, which times the realizations on the GPU); in each table the exact
 (N, K) entry, else the same M bucket's nearest measured shape; on a GPU with policy "miss"
 (LOWC_AUTOTUNE, default "off" as in lowc.runtime.autotune) every candidate of BOTH realizations is
 timed and the winner is stored in the user table with the best time of each realization; otherwise
-a rule (unpack everywhere: the INT8 tensor-core path is the safe default).
+a rule (`default_realization`: the GEMV up to GEMV_DEFAULT_MAX_M tokens, unpack beyond).
 So the realization choice is stored with the autotune results, per M bucket.
 
 `register_cuda_kernels()` makes lowc::qlinear's CUDA kernel dispatch bit-plane formats here and every
@@ -41,14 +43,23 @@ from lowc.quant.spec import as_spec
 from lowc.runtime.autotune import POLICIES, SHIPPED_DIR, ConfigTable, TileConfig, m_bucket
 from lowc.runtime.kernel_cache import KernelCache, default_cache
 
-REALIZATIONS = ("unpack", "binary")
-TEMPLATES = {"unpack": "qlinear_bitplane_unpack", "binary": "qlinear_bitplane_binary"}
+REALIZATIONS = ("unpack", "binary", "gemv")
+TEMPLATES = {"unpack": "qlinear_bitplane_unpack", "binary": "qlinear_bitplane_binary", "gemv": "qlinear_bitplane_gemv"}
 LAYOUT = "bitplane_u32[P,N,Kp/32]_lsb_first"
 DEFAULT_REALIZATION = "unpack"
+# Without a measurement, M up to this runs the GEMV (it won every measured shape at M = 1-2 on an H200,
+# 2026-11-21; at M = 4 it won 4 of 8 points, by at most 6%: docs/bitplane.md).
+GEMV_DEFAULT_MAX_M = 2
 # The binary kernel holds an [A planes (4 or 8), BN, BM, BK/32] popcount tile in registers.
 BINARY_TILE_LIMIT = 8192
 # The unpack kernel unrolls the groups of a K tile (every group's loads in flight before its dot).
 UNPACK_MAX_GROUPS = 8
+# The GEMV unrolls its tokens (each token's x registers are live beside the plane registers) and the
+# slices of a K tile; a slice is one group, or PC_SLICE columns of the per-channel group.
+GEMV_MAX_BM = 4
+GEMV_MAX_M = 4  # the GEMV is a candidate up to this M (beyond, it re-reads the weight per 4 tokens)
+GEMV_MAX_SLICES = 8
+GEMV_PC_SLICE = 128  # = PC_SLICE of the template
 FLOAT_OUT = ("bfloat16", "float16", "float32")
 
 
@@ -99,6 +110,14 @@ def check_config(spec: KernelSpec, realization: str, cfg: TileConfig) -> TileCon
                         f"multiple of the group ({spec.group_size}) up to {UNPACK_MAX_GROUPS * spec.group_size}")
     if realization == "unpack" and (cfg.BM < 16 or cfg.BN < 16):
         problems.append("the unpack realization feeds tl.dot: BM and BN must be >= 16")
+    if realization == "gemv":
+        slice_ = spec.group_size or GEMV_PC_SLICE
+        if cfg.BM > GEMV_MAX_BM:
+            problems.append(f"the GEMV unrolls its tokens: BM must be <= {GEMV_MAX_BM}")
+        if cfg.BK < slice_ or cfg.BK > GEMV_MAX_SLICES * slice_:
+            problems.append(f"a GEMV K tile is 1 to {GEMV_MAX_SLICES} slices of {slice_} columns (the group, or "
+                            f"{GEMV_PC_SLICE} per channel), so BK must be a power-of-two multiple of {slice_} up to "
+                            f"{GEMV_MAX_SLICES * slice_}")
     if cfg.W_AS_B and realization != "unpack":
         problems.append("W_AS_B (tokens as the MMA's A operand) exists only for the unpack realization")
     if cfg.GEMV or cfg.DEQUANT_FIRST:
@@ -132,8 +151,33 @@ def _bk(spec: KernelSpec, per_channel: int) -> int:
     return spec.group_size or per_channel
 
 
+def gemv_config(spec: KernelSpec, m: int, n: int, k: int, rows: int | None = None, warps: int = 1, slices: int = 2,
+                per_sm: int = 8) -> TileConfig:
+    """A GEMV tile: BM = M's bucket (at most GEMV_MAX_BM); BN = rows * 32 * warps channels, so each
+    thread holds `rows` rows and shares its x registers among them (default 4 rows up to 2 tokens,
+    2 beyond: the plane and x registers of more spill on an H200 build); BK = `slices` slices; the
+    split-K that gives `per_sm` programs per SM (one K tile per split at least): programs of one or two
+    warps at ~240 registers, so 8 of them are about what an SM holds at once."""
+    bm = min(GEMV_MAX_BM, m_bucket(m))
+    rows = rows or (4 if bm <= 2 else 2)
+    bn, bk = rows * 32 * warps, (spec.group_size or GEMV_PC_SLICE) * slices
+    split = _split_for(-(-m // bm) * -(-n // bn), -(-k // bk), per_sm=per_sm, min_k_tiles=1)
+    return check_config(spec, "gemv", TileConfig(bm, bn, bk, split, warps, 1))
+
+
+def gemv_fits_registers(cfg: TileConfig) -> bool:
+    """Whether a GEMV tile stays within 255 registers without spilling (sm_90 builds, 2026-11-21:
+    4 rows x 2 slices x 1-2 tokens and 2 rows x 2 slices x 4 tokens fit; 4 rows x 4 slices or
+    4 rows x 4 tokens spill)."""
+    rows = cfg.BN // (32 * cfg.num_warps)
+    slices = max(1, cfg.BK // 128)
+    return rows * slices <= 8 and rows * cfg.BM <= 8 and rows * slices * cfg.BM <= 16
+
+
 def default_config(spec: KernelSpec, realization: str, m: int, n: int, k: int) -> TileConfig:
     """A rule of thumb when nothing was measured (docs/bitplane.md gives the reasoning)."""
+    if realization == "gemv":
+        return gemv_config(spec, m, n, k)
     if realization == "binary":
         bm = min(16, m_bucket(m))
         bk = _bk(spec, 128)
@@ -164,6 +208,16 @@ def candidate_configs(spec: KernelSpec, realization: str, m: int, n: int, k: int
         return _split_for(-(-m // bm) * -(-n // bn), -(-k // kbk))
 
     out = [default_config(spec, realization, m, n, k)]
+    if realization == "gemv":
+        if m > GEMV_MAX_M:
+            return []
+        # Rows per thread 1-4 (x shared by more rows vs fewer registers), 1-2 warps, K tiles of 1-4
+        # slices, 4 or 8 programs per SM; tiles that would spill are left out.
+        out += [gemv_config(spec, m, n, k, rows, warps, slices, per_sm)
+                for rows, warps, slices, per_sm in ((2, 1, 2, 8), (4, 2, 2, 4), (2, 2, 2, 4), (1, 1, 2, 8),
+                                                    (4, 1, 1, 16), (4, 1, 2, 4), (2, 1, 4, 8), (1, 1, 1, 16),
+                                                    (2, 1, 1, 16))]
+        return _valid(spec, realization, [c for c in out if gemv_fits_registers(c)], 7)
     if realization == "binary":
         bm = min(16, m_bucket(m))
         for tile_m in (bm, max(1, bm // 2)):
@@ -266,13 +320,13 @@ class RealizationSelector:
             return hit
         if self.policy == "miss" and bench is not None:
             return self.measure(fmt, out, m, n, k, device, bench)
-        r = DEFAULT_REALIZATION
+        r = default_realization(m)
         return r, default_config(_spec_named(fmt, r, out), r, m, n, k)
 
     def measure(
         self, fmt: str, out: str, m: int, n: int, k: int, device: str, bench: Callable[[str, TileConfig], float],
     ) -> tuple[str, TileConfig]:
-        """Time every candidate of both realizations (bench: (realization, config) -> seconds); store the winner."""
+        """Time every candidate of every realization (bench: (realization, config) -> seconds); store the winner."""
         best: dict[str, tuple[float, TileConfig]] = {}
         for r in REALIZATIONS:
             for cfg in candidate_configs(_spec_named(fmt, r, out), r, m, n, k):
@@ -283,7 +337,7 @@ class RealizationSelector:
                 if r not in best or t < best[r][0]:
                     best[r] = (t, cfg)
         if not best:
-            r = DEFAULT_REALIZATION
+            r = default_realization(m)
             return r, default_config(_spec_named(fmt, r, out), r, m, n, k)
         winner = min(best, key=lambda r: best[r][0])
         seconds, cfg = best[winner]
@@ -293,6 +347,11 @@ class RealizationSelector:
                  "us_by_realization": {r: round(t * 1e6, 2) for r, (t, _) in best.items()}}
         self.user_table(device).update({key: entry}, device)
         return winner, cfg
+
+
+def default_realization(m: int) -> str:
+    """The rule when nothing was measured: the GEMV for decode, the INT8 tensor-core path otherwise."""
+    return "gemv" if m <= GEMV_DEFAULT_MAX_M else DEFAULT_REALIZATION
 
 
 def _nearest_shape(entries: dict, fmt: str, out: str, m: int, n: int, k: int) -> dict | None:
@@ -413,6 +472,9 @@ def _launch(cache: KernelCache, spec: KernelSpec, cfg: TileConfig, x2, sx, weigh
         tickets = cache.scratch("splitk_tickets", out.device, torch.int32, grid[0])
     else:
         ws = tickets = out  # never touched when SPLIT_K == 1
+    if spec.op == "qlinear_gemv":
+        _launch_gemv(loaded, spec, cfg, grid, x2, sx, weight, bias_arg, has_bias, out, ws, tickets, m, n, k, kw)
+        return
     try:
         loaded.kernel[grid](
             x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, kw // 8, x2.stride(0),
@@ -422,6 +484,24 @@ def _launch(cache: KernelCache, spec: KernelSpec, cfg: TileConfig, x2, sx, weigh
             **({"W_AS_B": True} if cfg.W_AS_B else {}),  # only when set: older kernel files lack it
         )
     except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
+        raise KernelError(
+            f"Triton kernel {spec.name} failed with {cfg} ({type(e).__name__}: {e}); kernel file: {loaded.path}"
+        ) from e
+
+
+def _launch_gemv(loaded, spec: KernelSpec, cfg: TileConfig, grid, x2, sx, weight, bias_arg, has_bias, out, ws, tickets,
+                 m: int, n: int, k: int, kw: int) -> None:
+    """The GEMV's arguments: the plane row length in words (kw // 32, so that Triton sees its
+    divisibility and loads 16 bytes at a time) and whether x can be read as int32 words."""
+    x_words = k % 4 == 0 and x2.stride(0) % 4 == 0 and x2.data_ptr() % 4 == 0
+    try:
+        loaded.kernel[grid](
+            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, kw // 32, x2.stride(0),
+            HAS_BIAS=has_bias, EVEN_K=(k % cfg.BK == 0 and kw == k), INTERPRETED=out.device.type == "cpu",
+            X_WORDS=x_words, BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    except Exception as e:
         raise KernelError(
             f"Triton kernel {spec.name} failed with {cfg} ({type(e).__name__}: {e}); kernel file: {loaded.path}"
         ) from e

@@ -1,4 +1,4 @@
-"""The bit-plane kernels (both realizations) against lowc.quant.bitplane's direct integer GEMM.
+"""The bit-plane kernels (all three realizations) against lowc.quant.bitplane's direct integer GEMM.
 
 On CPU every kernel runs under Triton's interpreter (TRITON_INTERPRET=1, set below when no GPU is
 present) on small odd shapes. The per-group INT32 accumulators must equal the reference bit for bit
@@ -47,6 +47,8 @@ def tile(realization, group, m, split=1, bn=16, groups_per_tile=1, w_as_b=False)
     bk = (group or 64) * groups_per_tile
     if realization == "unpack":
         return TileConfig(16, bn, bk, split, W_AS_B=int(w_as_b))
+    if realization == "gemv":  # a slice per group, or 128 columns per channel; at most 4 tokens a program
+        return TileConfig(min(4, 1 << (m - 1).bit_length()), bn, (group or bg.GEMV_PC_SLICE) * groups_per_tile, split, 1, 1)
     return TileConfig(max(1, min(16, 1 << (m - 1).bit_length())), bn, group or 64, split)
 
 
@@ -68,8 +70,53 @@ def test_accumulators_equal_the_direct_integer_gemm(cache, w_bits, a_bits, group
     assert acc.dtype == torch.int32 and torch.equal(acc.cpu(), packed.accumulators(xq.cpu()))
 
 
+@settings(max_examples=14, deadline=None)
+@given(
+    w_bits=st.integers(2, 8), a_bits=st.integers(4, 8), group=st.sampled_from([0, 32, 64, 128]), bb=st.booleans(),
+    m=st.integers(1, 4), n=st.integers(1, 20).map(lambda v: 2 * v - 1), k=st.integers(1, 420),
+    split=st.sampled_from([1, 2, 3]), seed=st.integers(0, 99), slices=st.sampled_from([1, 2, 4]),
+    bn=st.sampled_from([4, 16, 32]),
+)
+def test_gemv_accumulators_equal_the_direct_integer_gemm(cache, w_bits, a_bits, group, bb, m, n, k, split, seed,
+                                                         slices, bn):
+    """The CUDA-core GEMV: odd N, K of several groups (and odd K: x read byte-wise; K % 4 == 0:
+    as int32 words), M = 1..4 (one program's tokens), K tiles of 1-4 slices, split-K 1-3."""
+    fmt = format_name(w_bits, a_bits, group, bb and w_bits == 2, "bp")
+    packed, weight, xq, sx, _ = make_case(fmt, m, n, k, seed)
+    cfg = TileConfig(1 << (m - 1).bit_length(), bn, (group or bg.GEMV_PC_SLICE) * slices, split, 1, 1)
+    acc = bg.qlinear_bitplane(xq, sx, weight, None, fmt, torch.float32, realization="gemv", config=cfg, raw=True,
+                              cache=cache)
+    assert acc.dtype == torch.int32 and torch.equal(acc.cpu(), packed.accumulators(xq.cpu()))
+
+
+def test_gemv_byte_transpose_selectors():
+    """`byte_transpose`'s four prmt selectors, read from the template and replayed with the PTX
+    definition of prmt (lane l = byte selector[l] of {b:a}), transpose a 4x4 byte matrix; the
+    interpreter runs the template's own emulation, which the kernel tests check end to end."""
+    import re
+
+    from lowc.codegen.render import _read_template
+
+    _, body = _read_template("qlinear_bitplane_gemv")
+    block = body[body.index("def byte_transpose("):body.index("def load_x_word(")]
+    sels = [int(v, 16) for v in re.findall(r"prmt\(\w+, \w+, (0x[0-9a-fA-F]+), INTERPRETED\)", block)]
+    assert sels == [0x5140, 0x7362, 0x5140, 0x7362, 0x5410, 0x7632, 0x5410, 0x7632]
+
+    def prmt(a, b, sel):
+        pool = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
+        return sum(pool[(sel >> (4 * i)) & 7] << (8 * i) for i in range(4))
+
+    g = torch.Generator().manual_seed(0)
+    for words in torch.randint(0, 2**32, (200, 4), generator=g, dtype=torch.int64).tolist():
+        a, b, c, d = words
+        ab_lo, ab_hi, cd_lo, cd_hi = prmt(a, b, sels[0]), prmt(a, b, sels[1]), prmt(c, d, sels[2]), prmt(c, d, sels[3])
+        out = [prmt(ab_lo, cd_lo, sels[4]), prmt(ab_lo, cd_lo, sels[5]), prmt(ab_hi, cd_hi, sels[6]),
+               prmt(ab_hi, cd_hi, sels[7])]
+        assert out == [sum(((w >> (8 * lane)) & 0xFF) << (8 * i) for i, w in enumerate(words)) for lane in range(4)]
+
+
 @pytest.mark.parametrize("realization, groups_per_tile, w_as_b", [
-    ("unpack", 1, False), ("unpack", 2, True), ("binary", 1, False)])
+    ("unpack", 1, False), ("unpack", 2, True), ("binary", 1, False), ("gemv", 2, False)])
 @pytest.mark.parametrize("fmt", ["w3a8_g32_bp", "w6a6_pc_bp", "w2a8_g64_bb_bp", "w8a8_g32_bp"])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 def test_float_output_equals_reference_without_split_k(cache, realization, groups_per_tile, w_as_b, fmt, out_dtype):
@@ -100,13 +147,15 @@ def test_split_k_and_leading_dims(cache, realization):
 
 def test_rendered_sources_are_readable_and_distinct(cache):
     specs = [bg.kernel_spec("w3a8_g128_bp", r) for r in bg.REALIZATIONS]
-    assert [s.op for s in specs] == ["qlinear_unpack", "qlinear_binary"] and specs[0].w_bits == 3
+    assert [s.op for s in specs] == ["qlinear_unpack", "qlinear_binary", "qlinear_gemv"] and specs[0].w_bits == 3
     assert bg.kernel_spec("w2a8_g128_bb_bp", "unpack").w_bits == 3  # five levels need three planes
     paths = [cache.get(s).path for s in specs]
-    assert paths[0] != paths[1]
+    assert len(set(paths)) == 3
     text = paths[1].read_text()
     assert "W_BITS = tl.constexpr(3)" in text and "A_BITS = tl.constexpr(8)" in text and "popcount" in text
     assert "tl.dot" in paths[0].read_text()
+    gemv = paths[2].read_text()
+    assert "dp4a.u32.s32" in gemv and "tl.dot(" not in gemv.split("# ---- kernel")[1]
 
 
 @pytest.mark.parametrize("planes", range(2, 9))
@@ -143,9 +192,12 @@ def test_simd_recombination_arithmetic(planes):
 # -- the selector ----------------------------------------------------------------------------------------
 
 
-def test_selector_defaults_to_unpack_without_measurement(tmp_path):
+def test_selector_rule_without_measurement(tmp_path):
+    """Decode (M <= 2) runs the GEMV, larger M the unpack tiles."""
     sel = bg.RealizationSelector(tmp_path, policy="miss", shipped_dir=tmp_path / "none")
     r, cfg = sel.choose("w3a8_g128_bp", "bfloat16", 1, 4096, 4096, "cpu")
+    assert r == "gemv" and cfg.BM == 1 and cfg.BK == 256 and cfg.SPLIT_K > 1 and bg.gemv_fits_registers(cfg)
+    r, cfg = sel.choose("w3a8_g128_bp", "bfloat16", 4, 4096, 4096, "cpu")
     assert r == "unpack" and cfg.BK == 128 and cfg.BM == 16 and cfg.SPLIT_K > 1
     r, cfg = sel.choose("w6a6_pc_bp", "bfloat16", 4096, 4096, 4096, "cpu")
     assert r == "unpack" and cfg.BM == 128 and cfg.SPLIT_K == 1
@@ -160,10 +212,10 @@ def test_selector_measures_both_realizations_and_stores_the_choice(tmp_path):
         return (1e-6 if realization == "binary" else 2e-6) * (1 + cfg.BN / 1024)
 
     r, cfg = sel.choose("w2a8_g128_bp", "bfloat16", 3, 4096, 4096, "h100", bench=bench)
-    assert r == "binary" and seen == {"unpack", "binary"} and cfg.BN == 16
+    assert r == "binary" and seen == set(bg.REALIZATIONS) and cfg.BN == 16
     table = json.loads((tmp_path / "autotune" / "bitplane-h100.json").read_text())["entries"]
     entry = table["w2a8_g128_bp|obfloat16|m4|n4096|k4096"]
-    assert entry["realization"] == "binary" and set(entry["us_by_realization"]) == {"unpack", "binary"}
+    assert entry["realization"] == "binary" and set(entry["us_by_realization"]) == set(bg.REALIZATIONS)
     # M=3 and M=4 share the bucket; a fresh selector reads the stored choice without timing anything.
     fresh = bg.RealizationSelector(tmp_path, policy="miss", shipped_dir=tmp_path / "none")
     assert fresh.choose("w2a8_g128_bp", "bfloat16", 4, 4096, 4096, "h100", bench=None) == (r, cfg)
@@ -172,12 +224,31 @@ def test_selector_measures_both_realizations_and_stores_the_choice(tmp_path):
     assert fresh.choose("w2a8_g128_bp", "bfloat16", 3, 4096, 11008, "h100") == (r, cfg)
 
 
+def test_selector_picks_the_gemv_per_m_bucket(tmp_path):
+    """The GEMV is a candidate up to GEMV_MAX_M tokens only; where it is fastest it is stored and
+    read back per M bucket, and a larger bucket never gets it."""
+    sel = bg.RealizationSelector(tmp_path, policy="miss", shipped_dir=tmp_path / "none")
+
+    def bench(realization, cfg):
+        return {"gemv": 1e-6, "unpack": 2e-6, "binary": 3e-6}[realization] * (1 + cfg.BN / 4096)
+
+    for m in (1, 2, 4):
+        r, cfg = sel.choose("w3a8_g128_bp", "bfloat16", m, 4096, 4096, "h200", bench=bench)
+        assert r == "gemv" and cfg.BM == m and cfg.BK % 128 == 0 and bg.gemv_fits_registers(cfg)
+    assert sel.choose("w3a8_g128_bp", "bfloat16", 16, 4096, 4096, "h200", bench=bench)[0] == "unpack"
+    assert bg.candidate_configs(bg.kernel_spec("w3a8_g128_bp", "gemv"), "gemv", 5, 64, 256) == []
+    entries = json.loads((tmp_path / "autotune" / "bitplane-h200.json").read_text())["entries"]
+    assert {k.split("|")[2]: v["realization"] for k, v in entries.items()} == {
+        "m1": "gemv", "m2": "gemv", "m4": "gemv", "m16": "unpack"}
+    assert "gemv" not in entries["w3a8_g128_bp|obfloat16|m16|n4096|k4096"]["us_by_realization"]
+
+
 def test_selector_ignores_stale_entries(tmp_path):
     sel = bg.RealizationSelector(tmp_path, policy="off", shipped_dir=tmp_path / "none")
     key = sel.key("w3a8_g128_bp", "bfloat16", 1, 64, 256)
     bad = {"realization": "binary", "config": TileConfig(16, 128, 256).to_dict()}  # BK != group, tile too big
     sel.user_table("cpu").update({key: bad}, "cpu")
-    assert sel.choose("w3a8_g128_bp", "bfloat16", 1, 64, 256, "cpu")[0] == "unpack"
+    assert sel.choose("w3a8_g128_bp", "bfloat16", 1, 64, 256, "cpu")[0] == bg.default_realization(1) == "gemv"
 
 
 # -- bad input -------------------------------------------------------------------------------------------
@@ -198,6 +269,10 @@ def test_bad_inputs_name_the_problem(cache):
         bg.check_config(bg.kernel_spec("w3a8_g32_bp", "binary"), "binary", TileConfig(4, 16, 64))
     with pytest.raises(KernelError, match="W_AS_B"):
         bg.check_config(bg.kernel_spec("w3a8_g32_bp", "binary"), "binary", TileConfig(4, 16, 32, W_AS_B=1))
+    with pytest.raises(KernelError, match="BM must be <= 4"):
+        bg.check_config(bg.kernel_spec("w3a8_g32_bp", "gemv"), "gemv", TileConfig(8, 16, 32))
+    with pytest.raises(KernelError, match="1 to 8 slices of 128 columns"):
+        bg.check_config(bg.kernel_spec("w3a8_pc_bp", "gemv"), "gemv", TileConfig(1, 16, 64))
     with pytest.raises(KernelError, match="BM and BN must be >= 16"):
         bg.check_config(bg.kernel_spec("w3a8_g32_bp", "unpack"), "unpack", TileConfig(4, 16, 32))
     with pytest.raises(QuantizationError, match="expected uint32"):
@@ -220,6 +295,7 @@ def test_dispatch_recognises_bitplane_formats():
     ("w2a8_g128_bp", "unpack", 1), ("w2a8_g128_bp", "binary", 1), ("w3a8_g128_bp", "unpack", 16),
     ("w3a8_g128_bp", "binary", 16), ("w6a6_g128_bp", "unpack", 128), ("w6a6_pc_bp", "unpack", 33),
     ("w2a8_g128_bb_bp", "binary", 4), ("w5a4_g64_bp", "unpack", 256),
+    ("w2a8_g128_bp", "gemv", 1), ("w3a8_g128_bp", "gemv", 4), ("w2a8_g128_bb_bp", "gemv", 2), ("w6a6_pc_bp", "gemv", 3),
 ])
 def test_gpu_llama_shapes_exact(tmp_path, fmt, realization, m):
     n, k = 4096, 4096
