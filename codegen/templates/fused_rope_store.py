@@ -105,14 +105,15 @@ def store_kv(y, data_ptr, scale_ptr, zero_ptr, row, valid, d, HEAD_DIM: tl.const
         vmax = tl.maximum(tl.max(y, axis=1), 0.0)
         s16 = fp16_scale_up(tl.math.div_rn(vmax - vmin, tl.zeros_like(vmin) + 15.0))
         s = s16.to(tl.float32)
-        z = tl.minimum(tl.maximum(rint(tl.math.div_rn(-vmin, s)), 0.0), 15.0)
-        q = rint(tl.math.div_rn(y, tl.zeros_like(y) + s[:, None])) + z[:, None]
+        z16 = tl.math.div_rn(-vmin, s).to(tl.float16)  # the fractional zero point, as stored
+        z = z16.to(tl.float32)
+        q = rint(tl.math.div_rn(y, tl.zeros_like(y) + s[:, None]) + z[:, None])
         q = tl.minimum(tl.maximum(q, 0.0), 15.0).to(tl.uint8)
         lo, hi = tl.split(tl.reshape(q, (BLOCK_T, HEAD_DIM // 2, 2)))
         j = tl.arange(0, HEAD_DIM // 2)
         tl.store(data_ptr + row[:, None] * (HEAD_DIM // 2) + j[None, :], lo | (hi << 4), mask=m)
         tl.store(scale_ptr + row, s16, mask=valid)
-        tl.store(zero_ptr + row, z.to(tl.float16), mask=valid)
+        tl.store(zero_ptr + row, z16, mask=valid)
 
 
 @triton.jit
