@@ -44,6 +44,7 @@ class Scheme:
     smooth_attention_alpha: float | None = None  # QoQ SmoothAttention strength for keys
     kv_rotation: bool = False  # Walsh-Hadamard rotation of keys and queries after RoPE (QuaRot)
     kv_key_center: bool = False  # subtract each key channel's calibration mean before the KV quantizer
+    kv_key_groups: int = 1  # KV4: scale/zero pairs per key head vector (contiguous groups along head_dim)
     scale_search: bool = False  # AWQ-style activation-aware channel scaling, strength searched per group
     clip_search: bool = False  # per-group weight clipping search
     gptq: bool = False  # GPTQ-style error compensation
@@ -59,6 +60,11 @@ class Scheme:
             raise SchemeError(f"{self.name}: activation bits {self.a_bits} unsupported; choose from {ACT_BITS}")
         if self.kv_bits not in KV_BITS:
             raise SchemeError(f"{self.name}: KV bits {self.kv_bits} unsupported; choose from {KV_BITS}")
+        if self.kv_key_groups not in (1, 2, 4) or (self.kv_key_groups > 1 and self.kv_bits != 4):
+            raise SchemeError(
+                f"{self.name}: kv_key_groups={self.kv_key_groups}: choose 1, 2 or 4, and more than 1 only with a "
+                "4-bit KV cache (kv4)"
+            )
         if self.group_size < 0 or (self.group_size and self.group_size % 32):
             raise SchemeError(
                 f"{self.name}: group size {self.group_size} must be 0 (per channel) or a multiple of 32"
@@ -157,8 +163,10 @@ PRESETS: dict[str, Scheme] = {
             # SmoothAttention (smooth_attention_alpha=0.5) is QoQ's key treatment; lowc rotates keys
             # instead: on SmolLM2 (4,096 WikiText-2 tokens, 16-bit weights, KV4) the rotation gives
             # 24.41, SmoothAttention 25.67, both 24.88 (FP32 23.08) — see docs/accuracy.md.
+            # Keys take two scale/zero pairs per head vector (kv_key_groups=2): +4 cache bytes per token
+            # and head, and the key side of the KV4 error drops (docs/accuracy.md).
             "w4a8kv4", w_bits=4, a_bits=8, kv_bits=4, smooth_alpha=0.5, kv_rotation=True, kv_key_center=True,
-            scale_search=True, clip_search=True, gptq=True,
+            kv_key_groups=2, scale_search=True, clip_search=True, gptq=True,
         ),
         _preset(
             "w4a4", w_bits=4, a_bits=4, kv_bits=4, kv_rotation=True, kv_key_center=True, n_outliers=128,
@@ -198,7 +206,8 @@ def parse_scheme(name: str) -> Scheme:
         if (preset.w_bits, preset.a_bits) == (w, a):
             smooth_attn = preset.smooth_attention_alpha if kv != 16 else None
             return preset.replace(name=key, kv_bits=kv, group_size=g, smooth_attention_alpha=smooth_attn,
-                                  kv_rotation=kv == 4, kv_key_center=kv == 4 and calibrates(preset))
+                                  kv_rotation=kv == 4, kv_key_center=kv == 4 and calibrates(preset),
+                                  kv_key_groups=preset.kv_key_groups if kv == 4 else 1)
     return Scheme(name=key, w_bits=w, a_bits=a, kv_bits=kv, group_size=g, kv_rotation=kv == 4)
 
 

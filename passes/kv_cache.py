@@ -128,7 +128,8 @@ def _spec_for(attns: list[fx.Node], ctx: PassContext) -> KVCacheSpec:
     if len(shapes) != 1:
         raise PassError(f"kv_cache needs the same KV heads, head_dim and dtype in every layer, got {sorted(map(str, shapes))}")
     kv_heads, head_dim, dtype = shapes.pop()
-    return KVCacheSpec(kv_format(ctx.scheme.kv_bits), len(attns), kv_heads, head_dim, dtype)
+    return KVCacheSpec(kv_format(ctx.scheme.kv_bits), len(attns), kv_heads, head_dim, dtype,
+                       key_groups=ctx.scheme.kv_key_groups)
 
 
 def _shape_from_config(cfg) -> tuple[int, int, torch.dtype]:

@@ -25,7 +25,7 @@ import torch
 
 from lowc.codegen.spec import KernelSpec, dtype_name
 from lowc.errors import KernelError
-from lowc.ops.kv_ops import KV_PARTS
+from lowc.ops.kv_ops import KV_PARTS, cache_groups
 from lowc.runtime.kernel_cache import KernelCache, default_cache
 
 KV_BITS = {"kv16": 16, "kv8": 8, "kv4": 4}
@@ -78,11 +78,14 @@ def spec_for_attention(fmt: str, q_dtype) -> KernelSpec:
                       "cache_slot_head_token_dim", "attention_kv")
 
 
-def kernel_limits(fmt: str, head_dim: int, heads: int, kv_heads: int) -> str | None:
+def kernel_limits(fmt: str, head_dim: int, heads: int, kv_heads: int, key_groups: int = 1) -> str | None:
     """Why the kernels cannot run this shape (None when they can)."""
     d_load = head_dim // 2 if fmt == "kv4" else head_dim
     if head_dim & (head_dim - 1) or d_load < 16:
         return f"head_dim {head_dim} must be a power of two with {'head_dim/2' if fmt == 'kv4' else 'head_dim'} >= 16"
+    if key_groups not in (1, 2) or (key_groups == 2 and d_load < 32):
+        return (f"kv4 keys in {key_groups} scale/zero groups: the kernels take 1 or 2 groups, and 2 need "
+                f"head_dim >= 64 (got {head_dim})")
     if heads % kv_heads:
         return f"query heads ({heads}) must be a multiple of KV heads ({kv_heads})"
     return None
@@ -122,7 +125,8 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
         raise KernelError(f"a {fmt!r} cache has parts {KV_PARTS.get(fmt)}; got {len(k_cache)} K and {len(v_cache)} V tensors")
     b, h, t, d = q.shape
     hkv, max_tokens = k_cache[0].shape[1], k_cache[0].shape[2]
-    why = kernel_limits(fmt, d, h, hkv)
+    k_groups = cache_groups(k_cache, fmt)
+    why = kernel_limits(fmt, d, h, hkv, k_groups)
     if why:
         raise KernelError(f"attention_kv kernel: {why}; the plain-torch reference handles this shape")
     if q.stride(-1) != 1:
@@ -156,7 +160,7 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
                 float(scale), hkv, max_tokens, int(sliding_window), splits,
                 GROUP=group, HEAD_DIM=d, D_LOAD=d_load, BLOCK_H=block_h, BLOCK_N=cfg.BLOCK_N,
                 SPLIT=splits > 1, PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted,
-                STAGE_K=cfg.stage_k and fmt != "kv16", STAGE_V=cfg.stage_v and fmt != "kv16",
+                STAGE_K=cfg.stage_k and fmt != "kv16", STAGE_V=cfg.stage_v and fmt != "kv16", K_GROUPS=k_groups,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages or DEFAULT_STAGES[fmt],
                 **_register_cap(cfg.maxnreg, interpreted),
             )
@@ -166,8 +170,8 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
                 q, q.stride(0), q.stride(1), q.stride(2), *parts, slot_ids, cache_lens, new_lens, out,
                 float(scale), t, h, hkv, max_tokens, int(sliding_window),
                 GROUP=group, HEAD_DIM=d, D_LOAD=d_load, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N,
-                PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted, num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages,
+                PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted, K_GROUPS=k_groups,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )
     except Exception as e:
         raise KernelError(f"Triton kernel {spec.name} (T={t}) failed: {type(e).__name__}: {e}; "
@@ -186,7 +190,7 @@ def attention_kv_cuda(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, scale
     _check_attention_inputs(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, fmt)
     supported, description = gpu_support(q.device.index or 0)
     why = None if supported else f"{description} is older than compute capability 8.0"
-    why = why or kernel_limits(fmt, q.shape[-1], q.shape[1], k_cache[0].shape[1])
+    why = why or kernel_limits(fmt, q.shape[-1], q.shape[1], k_cache[0].shape[1], cache_groups(k_cache, fmt))
     if why:
         warnings.warn(f"lowc::attention_kv runs the plain-torch reference: {why}", ReferenceFallbackWarning,
                       stacklevel=2)

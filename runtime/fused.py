@@ -28,7 +28,7 @@ import torch
 
 from lowc.codegen.spec import KernelSpec, dtype_name
 from lowc.errors import KernelError, QuantizationError
-from lowc.ops.kv_ops import KV_PARTS
+from lowc.ops.kv_ops import KV_PARTS, cache_groups
 from lowc.quant.spec import parse_format
 from lowc.runtime.kernel_cache import KernelCache, default_cache
 
@@ -162,7 +162,7 @@ def rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens,
                 _unit_last(key_bias) if key_bias is not None else k,
                 t, hq, hkv, k_cache[0].shape[2],
                 ROPE_K=rope, HAS_V=v is not None, ROTATE=bool(rotate), CENTER_K=key_bias is not None,
-                RSQRT_D=d ** -0.5, HEAD_DIM=d, BLOCK_T=block_t,
+                RSQRT_D=d ** -0.5, HEAD_DIM=d, BLOCK_T=block_t, K_GROUPS=cache_groups(k_cache, fmt),
                 enable_fp_fusion=False,  # x*cos + rot*sin must not become an FMA: bit-exact RoPE
             )
         except Exception as e:

@@ -36,8 +36,9 @@ def test_generic_form_parses(w, a, kv, g):
     s = parse_scheme(name)
     preset = PRESETS.get(name)  # a bare "w4a4" is the Atom preset, which quantizes the KV cache too
     assert (s.w_bits, s.a_bits, s.kv_bits) == (w, a, preset.kv_bits if preset else (kv or 16))
-    assert s.group_size == (g or 128)
-    assert s.kv_rotation == (s.kv_bits == 4)  # lowc's KV4 recipe rotates keys; other caches do not
+    assert s.group_size == (preset.group_size if preset else (g or 128))  # the w8a8 preset is per channel
+    assert s.kv_rotation == (s.kv_bits == 4)
+    assert s.kv_key_groups == (PRESETS["w4a8kv4"].kv_key_groups if (w, a, s.kv_bits) == (4, 8, 4) else 1)  # lowc's KV4 recipe rotates keys; other caches do not
     assert s.route == ("dedicated" if (w, a) in {(16, 16), (8, 8), (4, 16), (4, 8), (4, 4)} else "bitplane")
     assert ("bitplane" in s.passes) == (s.route == "bitplane")
 

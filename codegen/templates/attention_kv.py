@@ -11,7 +11,9 @@ The per-token scale and zero come out of the dot products instead of being appli
     out[h, d]   += sum_n (p[h, n] * s_v[n]) * v_q[n, d] - sum_n (p[h, n] * s_v[n]) * z_v[n]
 with k_q, v_q the raw integers (exact in the dot dtype) and p * s_v rounded once to the dot dtype,
 as flash attention rounds p. For kv4 the even and odd halves of head_dim are separate dots (q split
-into its even and odd columns, the output interleaved back), so no nibble is ever shuffled.
+into its even and odd columns, the output interleaved back), so no nibble is ever shuffled. kv4 keys with two scale/zero pairs per head vector (K_GROUPS = 2, scale and
+zero [S, HKV, M, 2], one pair per contiguous half of head_dim) take each half as its own pair of dots
+with its own scale and zero, and the halves' scores add up.
 
 decode_kernel (one new token per row): one program per (row, KV head, split) handles the GROUP query
 heads that share the KV head (padded to BLOCK_H rows; Triton pads the MMA to 16), so each KV head is read once
@@ -157,6 +159,39 @@ def load_scales(s_ptr, z_ptr, tok, tmask):
 
 
 @triton.jit
+def load_q_half(q_base, rows, rmask, stride_r, HALF: tl.constexpr, D_LOAD: tl.constexpr, INTERPRETED: tl.constexpr):
+    """(qa, qb, qsum) of the query columns of one half of head_dim (HALF 0 or 1), for kv4 keys in two
+    scale/zero groups: qa/qb its even/odd columns [rows, D_LOAD / 2], qsum their float32 sum."""
+    j = HALF * (D_LOAD // 2) + tl.arange(0, D_LOAD // 2)
+    ptrs = q_base + rows[:, None] * stride_r
+    qa = as_dot(tl.load(ptrs + 2 * j[None, :], mask=rmask[:, None], other=0.0), INTERPRETED)
+    qb = as_dot(tl.load(ptrs + 2 * j[None, :] + 1, mask=rmask[:, None], other=0.0), INTERPRETED)
+    qsum = tl.sum(qa.to(tl.float32), axis=1) + tl.sum(qb.to(tl.float32), axis=1)
+    return qa, qb, qsum
+
+
+@triton.jit
+def load_group_scales(s_ptr, z_ptr, tok, tmask, HALF: tl.constexpr):
+    """Per-token (scale, zero) of one of two key groups (stored [..., tokens, 2]) as float32."""
+    s = tl.load(s_ptr + 2 * tok + HALF, mask=tmask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + 2 * tok + HALF, mask=tmask, other=0.0).to(tl.float32)
+    return s, z
+
+
+@triton.jit
+def half_scores(qa, qb, qsum, d_ptr, s, z, tok, tmask, HALF: tl.constexpr, D_LOAD: tl.constexpr,
+                PRECISION: tl.constexpr, UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr):
+    """kv4 q . k over one half of head_dim (bytes HALF * D_LOAD/2 ...) with that half's own scale s
+    and zero z: float32 [rows, BLOCK_N]. The two halves' results add up to the scores."""
+    j = HALF * (D_LOAD // 2) + tl.arange(0, D_LOAD // 2)
+    raw = tl.load(d_ptr + tok[:, None] * D_LOAD + j[None, :], mask=tmask[:, None], other=0)
+    lo, hi = nibble_operands(raw, UNPACK_ASM, INTERPRETED)
+    acc = tl.dot(qa, tl.trans(lo), input_precision=PRECISION)
+    acc = tl.dot(qb, tl.trans(hi), acc, input_precision=PRECISION)
+    return acc * s[None, :] - qsum[:, None] * (s * (z + nibble_bias()))[None, :]
+
+
+@triton.jit
 def tile_scores(qa, qb, qsum, d_ptr, s, z, tok, tmask, D_LOAD: tl.constexpr, PRECISION: tl.constexpr,
                 UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr, STAGE: tl.constexpr = False):
     """q . k for the BLOCK_N cached tokens `tok` of one (slot, head), with their scales s and zeros z:
@@ -230,6 +265,7 @@ def decode_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, UNPACK_ASM: tl.constexpr,
     INTERPRETED: tl.constexpr, STAGE_K: tl.constexpr = False, STAGE_V: tl.constexpr = False,
+    K_GROUPS: tl.constexpr = 1,
 ):
     pair = tl.program_id(0)  # (batch row, KV head)
     split = tl.program_id(1)
@@ -244,13 +280,17 @@ def decode_kernel(
 
     h = tl.arange(0, BLOCK_H)
     hmask = h < GROUP
-    qa, qb, qsum = load_q(q_ptr + b.to(tl.int64) * stride_qb + (kvh * GROUP) * stride_qh, h, hmask, stride_qh,
-                          HEAD_DIM, D_LOAD, INTERPRETED)
+    q_base = q_ptr + b.to(tl.int64) * stride_qb + (kvh * GROUP) * stride_qh
+    if K_GROUPS == 2:  # kv4 keys with a scale/zero pair per half of head_dim
+        qa, qb, qsum = load_q_half(q_base, h, hmask, stride_qh, 0, D_LOAD, INTERPRETED)
+        qa1, qb1, qsum1 = load_q_half(q_base, h, hmask, stride_qh, 1, D_LOAD, INTERPRETED)
+    else:
+        qa, qb, qsum = load_q(q_base, h, hmask, stride_qh, HEAD_DIM, D_LOAD, INTERPRETED)
     head_row = (slot * HKV + kvh) * MAX_TOKENS  # first cache row of this (slot, head)
     kd = kd_ptr + head_row * D_LOAD
     vd = vd_ptr + head_row * D_LOAD
-    ks = ks_ptr + head_row
-    kz = kz_ptr + head_row
+    ks = ks_ptr + head_row * K_GROUPS  # key scales and zeros: K_GROUPS per token
+    kz = kz_ptr + head_row * K_GROUPS
     vs = vs_ptr + head_row
     vz = vz_ptr + head_row
 
@@ -260,15 +300,28 @@ def decode_kernel(
     acc_a = tl.zeros((BLOCK_H, D_LOAD), tl.float32)
     acc_b = tl.zeros((BLOCK_H, D_LOAD), tl.float32)
     tok = lo + tl.arange(0, BLOCK_N)
-    k_s, k_z = load_scales(ks, kz, tok, tok < hi)
+    if K_GROUPS == 2:
+        k_s, k_z = load_group_scales(ks, kz, tok, tok < hi, 0)
+        k_s1, k_z1 = load_group_scales(ks, kz, tok, tok < hi, 1)
+    else:
+        k_s, k_z = load_scales(ks, kz, tok, tok < hi)
     v_s, v_z = load_scales(vs, vz, tok, tok < hi)
     for n0 in range(lo, hi, BLOCK_N):
         tok = n0 + tl.arange(0, BLOCK_N)
         tmask = tok < hi
-        nxt_k_s, nxt_k_z = load_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi)  # prefetch
+        if K_GROUPS == 2:
+            nxt_k_s, nxt_k_z = load_group_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi, 0)  # prefetch
+            nxt_k_s1, nxt_k_z1 = load_group_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi, 1)
+            s = half_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, 0, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED)
+            s += half_scores(qa1, qb1, qsum1, kd, k_s1, k_z1, tok, tmask, 1, D_LOAD, PRECISION, UNPACK_ASM,
+                             INTERPRETED)
+            s = s * qk_scale
+            k_s1, k_z1 = nxt_k_s1, nxt_k_z1
+        else:
+            nxt_k_s, nxt_k_z = load_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi)  # prefetch
+            s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED,
+                            STAGE_K) * qk_scale
         nxt_v_s, nxt_v_z = load_scales(vs, vz, tok + BLOCK_N, tok + BLOCK_N < hi)
-        s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED,
-                        STAGE_K) * qk_scale
         s = tl.where(tmask[None, :], s, float("-inf"))
         p, m, l, acc_a, acc_b = online_softmax_step(s, m, l, acc_a, acc_b)
         acc_a, acc_b = tile_pv(p, acc_a, acc_b, vd, v_s, v_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED,
@@ -316,7 +369,7 @@ def prefill_kernel(
     sm_scale, T, H, HKV, MAX_TOKENS, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, UNPACK_ASM: tl.constexpr,
-    INTERPRETED: tl.constexpr,
+    INTERPRETED: tl.constexpr, K_GROUPS: tl.constexpr = 1,
 ):
     tb = tl.program_id(0)
     b = tl.program_id(1) // H
@@ -331,13 +384,17 @@ def prefill_kernel(
     real = (t < T) & (t >= first)
     qpos = tl.where(real, past + t - first, -1)  # position of each query in its sequence
 
-    qa, qb, qsum = load_q(q_ptr + b.to(tl.int64) * stride_qb + head * stride_qh, t, t < T, stride_qt,
-                          HEAD_DIM, D_LOAD, INTERPRETED)
+    q_base = q_ptr + b.to(tl.int64) * stride_qb + head * stride_qh
+    if K_GROUPS == 2:
+        qa, qb, qsum = load_q_half(q_base, t, t < T, stride_qt, 0, D_LOAD, INTERPRETED)
+        qa1, qb1, qsum1 = load_q_half(q_base, t, t < T, stride_qt, 1, D_LOAD, INTERPRETED)
+    else:
+        qa, qb, qsum = load_q(q_base, t, t < T, stride_qt, HEAD_DIM, D_LOAD, INTERPRETED)
     head_row = (slot * HKV + kvh) * MAX_TOKENS
     kd = kd_ptr + head_row * D_LOAD
     vd = vd_ptr + head_row * D_LOAD
-    ks = ks_ptr + head_row
-    kz = kz_ptr + head_row
+    ks = ks_ptr + head_row * K_GROUPS  # key scales and zeros: K_GROUPS per token
+    kz = kz_ptr + head_row * K_GROUPS
     vs = vs_ptr + head_row
     vz = vz_ptr + head_row
 
@@ -351,9 +408,16 @@ def prefill_kernel(
     for n0 in range(lo, hi, BLOCK_N):
         tok = n0 + tl.arange(0, BLOCK_N)
         tmask = tok < hi
-        k_s, k_z = load_scales(ks, kz, tok, tmask)
         v_s, v_z = load_scales(vs, vz, tok, tmask)
-        s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED) * qk_scale
+        if K_GROUPS == 2:
+            k_s, k_z = load_group_scales(ks, kz, tok, tmask, 0)
+            s = half_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, 0, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED)
+            k_s, k_z = load_group_scales(ks, kz, tok, tmask, 1)
+            s += half_scores(qa1, qb1, qsum1, kd, k_s, k_z, tok, tmask, 1, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED)
+            s = s * qk_scale
+        else:
+            k_s, k_z = load_scales(ks, kz, tok, tmask)
+            s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED) * qk_scale
         allowed = tmask[None, :] & (tok[None, :] <= qpos[:, None])
         allowed = allowed & ((window <= 0) | (qpos[:, None] - tok[None, :] < window))
         s = tl.where(allowed, s, float("-inf"))

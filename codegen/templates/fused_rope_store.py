@@ -85,9 +85,11 @@ def hadamard_tile(y, out_ty, RSQRT_D: tl.constexpr, HEAD_DIM: tl.constexpr, BLOC
 
 
 @triton.jit
-def store_kv(y, data_ptr, scale_ptr, zero_ptr, row, valid, d, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr):
+def store_kv(y, data_ptr, scale_ptr, zero_ptr, row, valid, d, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
+             GROUPS: tl.constexpr = 1):
     """Encode y [BLOCK_T, HEAD_DIM] per token as the cache format and store the valid rows at cache
-    rows `row` (= (slot * HKV + head) * max_tokens + position)."""
+    rows `row` (= (slot * HKV + head) * max_tokens + position). kv4 with GROUPS > 1: one scale/zero
+    pair per contiguous HEAD_DIM / GROUPS piece of each row, stored at row * GROUPS + group."""
     m = valid[:, None]
     if KV_BITS == 16:
         tl.store(data_ptr + row[:, None] * HEAD_DIM + d[None, :], y.to(data_ptr.dtype.element_ty), mask=m)
@@ -100,20 +102,22 @@ def store_kv(y, data_ptr, scale_ptr, zero_ptr, row, valid, d, HEAD_DIM: tl.const
         tl.store(data_ptr + row[:, None] * HEAD_DIM + d[None, :], q.to(tl.int8), mask=m)
         tl.store(scale_ptr + row, s16, mask=valid)
     else:
-        y = y.to(tl.float32)
-        vmin = tl.minimum(tl.min(y, axis=1), 0.0)
-        vmax = tl.maximum(tl.max(y, axis=1), 0.0)
+        y = tl.reshape(y.to(tl.float32), (BLOCK_T, GROUPS, HEAD_DIM // GROUPS))
+        vmin = tl.minimum(tl.min(y, axis=2), 0.0)
+        vmax = tl.maximum(tl.max(y, axis=2), 0.0)
         s16 = fp16_scale_up(tl.math.div_rn(vmax - vmin, tl.zeros_like(vmin) + 15.0))
         s = s16.to(tl.float32)
         z16 = tl.math.div_rn(-vmin, s).to(tl.float16)  # the fractional zero point, as stored
         z = z16.to(tl.float32)
-        q = rint(tl.math.div_rn(y, tl.zeros_like(y) + s[:, None]) + z[:, None])
-        q = tl.minimum(tl.maximum(q, 0.0), 15.0).to(tl.uint8)
+        q = rint(tl.math.div_rn(y, tl.zeros_like(y) + s[:, :, None]) + z[:, :, None])
+        q = tl.reshape(tl.minimum(tl.maximum(q, 0.0), 15.0).to(tl.uint8), (BLOCK_T, HEAD_DIM))
         lo, hi = tl.split(tl.reshape(q, (BLOCK_T, HEAD_DIM // 2, 2)))
         j = tl.arange(0, HEAD_DIM // 2)
         tl.store(data_ptr + row[:, None] * (HEAD_DIM // 2) + j[None, :], lo | (hi << 4), mask=m)
-        tl.store(scale_ptr + row, s16, mask=valid)
-        tl.store(zero_ptr + row, z16, mask=valid)
+        g = tl.arange(0, GROUPS)
+        at = row[:, None] * GROUPS + g[None, :]
+        tl.store(scale_ptr + at, s16, mask=m)
+        tl.store(zero_ptr + at, z16, mask=m)
 
 
 @triton.jit
@@ -124,7 +128,7 @@ def rope_store_kernel(
     slot_ptr, clen_ptr, nlen_ptr, kb_ptr,
     T, HQ, HKV, MAX_TOKENS,
     ROPE_K: tl.constexpr, HAS_V: tl.constexpr, ROTATE: tl.constexpr, CENTER_K: tl.constexpr, RSQRT_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, K_GROUPS: tl.constexpr = 1,
 ):
     n_tb = tl.cdiv(T, BLOCK_T)
     b = tl.program_id(0) // n_tb
@@ -162,7 +166,7 @@ def rope_store_kernel(
             else:
                 y = tl.load(base + t[:, None] * sk_t + d[None, :], mask=tmask[:, None], other=0.0)
             row = (slot * HKV + head) * MAX_TOKENS + pos
-            store_kv(y, kd_ptr, ks_ptr, kz_ptr, row, valid, d, HEAD_DIM, BLOCK_T)
+            store_kv(y, kd_ptr, ks_ptr, kz_ptr, row, valid, d, HEAD_DIM, BLOCK_T, K_GROUPS)
         elif HAS_V:
             head = head - HKV
             y = tl.load(v_ptr + b.to(tl.int64) * sv_b + head * sv_h + t[:, None] * sv_t + d[None, :],

@@ -73,6 +73,7 @@ class KVCacheSpec:
     kv_heads: int
     head_dim: int
     dtype: torch.dtype  # the dtype K and V are computed in (and stored in, for kv16)
+    key_groups: int = 1  # kv4: scale/zero pairs per key head vector (scale/zero [S, H, M, G] when > 1)
 
     def __post_init__(self):
         if self.fmt not in KV_PARTS:
@@ -83,17 +84,24 @@ class KVCacheSpec:
             raise CacheError(f"kv4 packs two values a byte; head_dim {self.head_dim} must be even (use kv8)")
         if not self.dtype.is_floating_point:
             raise CacheError(f"K/V compute dtype must be floating, got {self.dtype}")
+        if self.key_groups != 1 and (self.fmt != "kv4" or self.key_groups < 1 or self.head_dim % (2 * self.key_groups)):
+            raise CacheError(
+                f"key_groups={self.key_groups} needs the kv4 format and a head_dim divisible by {2 * self.key_groups} "
+                f"(got {self.fmt}, head_dim {self.head_dim}); use key_groups=1"
+            )
 
     @property
     def parts(self) -> tuple[str, ...]:
         return KV_PARTS[self.fmt]
 
-    def part_layout(self, slots: int, max_tokens: int) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-        """(part, dtype, shape) of one layer's K (or V) tensors."""
+    def part_layout(self, slots: int, max_tokens: int, keys: bool = False) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        """(part, dtype, shape) of one layer's V tensors, or its K tensors with `keys` (they differ only
+        when key_groups > 1: scale and zero [S, H, M, G])."""
         s, h, m, d = slots, self.kv_heads, max_tokens, self.head_dim
         data = {"kv16": (self.dtype, d), "kv8": (torch.int8, d), "kv4": (torch.uint8, d // 2)}[self.fmt]
         layout = [("data", data[0], (s, h, m, data[1]))]
-        layout += [(p, torch.float16, (s, h, m)) for p in self.parts[1:]]
+        groups = (self.key_groups,) if keys and self.key_groups > 1 else ()
+        layout += [(p, torch.float16, (s, h, m, *groups)) for p in self.parts[1:]]
         return layout
 
     def input_names(self) -> list[str]:
@@ -105,16 +113,17 @@ class KVCacheSpec:
 
     def bytes_per_token(self) -> int:
         """Cache bytes one token takes over all layers, K and V, scales and zeros included."""
-        per_layer = sum(dt.itemsize * torch.Size(shape).numel() for _, dt, shape in self.part_layout(1, 1))
-        return 2 * self.layers * per_layer
+        per_layer = sum(dt.itemsize * torch.Size(shape).numel()
+                        for keys in (True, False) for _, dt, shape in self.part_layout(1, 1, keys))
+        return self.layers * per_layer
 
     def allocate(self, slots: int, max_tokens: int, device=None) -> list[Tensor]:
         """Zeroed cache tensors in `input_names()` order (after the three context inputs)."""
         if slots < 1 or max_tokens < 1:
             raise CacheError(f"a KV cache needs slots >= 1 and max_tokens >= 1, got {slots} and {max_tokens}")
-        layout = self.part_layout(slots, max_tokens)
+        layouts = [self.part_layout(slots, max_tokens, keys) for keys in (True, False)]
         return [torch.zeros(shape, dtype=dt, device=device)
-                for _ in range(2 * self.layers) for _, dt, shape in layout]
+                for _ in range(self.layers) for layout in layouts for _, dt, shape in layout]
 
     def layer_tensors(self, tensors: list[Tensor], layer: int) -> tuple[list[Tensor], list[Tensor]]:
         """(K parts, V parts) of one layer out of the flat list `allocate` returns."""
@@ -139,8 +148,12 @@ def _check_cache(x: Tensor, cache: list[Tensor], fmt: str, op: str, device=None)
         raise CacheError(f"{op}: a {fmt} cache has parts {KV_PARTS[fmt]}, got {len(cache)} tensors")
     if x.dim() != 4:
         raise CacheError(f"{op}: expected K/V/Q as [batch, heads, tokens, head_dim], got {tuple(x.shape)}")
-    spec = KVCacheSpec(fmt, 1, cache[0].shape[1], x.shape[-1], x.dtype)
-    expect = spec.part_layout(cache[0].shape[0], cache[0].shape[2])
+    groups = cache_groups(cache, fmt)
+    try:
+        spec = KVCacheSpec(fmt, 1, cache[0].shape[1], x.shape[-1], x.dtype, key_groups=groups)
+    except CacheError as e:
+        raise CacheError(f"{op}: {e}") from None
+    expect = spec.part_layout(cache[0].shape[0], cache[0].shape[2], keys=groups > 1)
     for t, (part, dt, shape) in zip(cache, expect):
         if t.dtype != dt or tuple(t.shape) != shape:
             raise CacheError(
@@ -150,6 +163,12 @@ def _check_cache(x: Tensor, cache: list[Tensor], fmt: str, op: str, device=None)
             )
         if t.device != (device or x.device):
             raise CacheError(f"{op}: cache part {part!r} is on {t.device} but K/V are on {device or x.device}")
+
+
+def cache_groups(cache: list[Tensor], fmt: str) -> int:
+    """Scale/zero groups per head vector of one layer's K or V parts: 1 unless a kv4 scale is
+    [S, H, M, G] (keys of a spec with key_groups = G)."""
+    return cache[1].shape[-1] if fmt == "kv4" and len(cache) > 1 and cache[1].dim() == 4 else 1
 
 
 def _dt(dtype: torch.dtype) -> str:
@@ -240,13 +259,14 @@ def check_key_bias(k: Tensor, key_bias: Tensor | None, op: str) -> None:
         raise CacheError(f"{op}: key_bias is on {key_bias.device} but the keys are on {k.device}")
 
 
-def _encode(x: Tensor, fmt: str) -> list[Tensor]:
-    """x [B, H, T, D] -> the cache parts' values for every token (per token per head)."""
+def _encode(x: Tensor, fmt: str, groups: int = 1) -> list[Tensor]:
+    """x [B, H, T, D] -> the cache parts' values for every token (per token per head, in `groups`
+    scale/zero groups along D for kv4)."""
     if fmt == "kv16":
         return [x]
     if fmt == "kv8":
         return list(quantize_kv8(x))
-    return list(quantize_kv4(x))
+    return list(quantize_kv4(x, groups))
 
 
 def _decode(parts: list[Tensor], fmt: str, dtype: torch.dtype) -> Tensor:
@@ -262,12 +282,13 @@ def kv_store_reference(x: Tensor, cache: list[Tensor], slot_ids: Tensor, cache_l
     """Quantize x [B, H, T, D] per token per head and write each row's valid tokens into its slot."""
     _check_cache(x, cache, fmt, "lowc::kv_store")
     b, _, t, _ = x.shape
+    groups = cache_groups(cache, fmt)
     _check_context(b, slot_ids, cache_lens, new_lens, "lowc::kv_store")
     _check_bounds(cache[0], t, slot_ids, cache_lens, new_lens, "lowc::kv_store")
     if bool((new_lens == t).all()):
         # No padding: each row is one contiguous run of its slot; plain slice copies, no scatter.
         for b, (slot, start) in enumerate(zip(slot_ids.tolist(), cache_lens.tolist())):
-            for dst, src in zip(cache, _encode(x[b: b + 1], fmt)):
+            for dst, src in zip(cache, _encode(x[b: b + 1], fmt, groups)):
                 dst[slot, :, start: start + t] = src[0]
         return
     first = t - new_lens  # first valid input position of each row (left padding)
@@ -276,7 +297,7 @@ def kv_store_reference(x: Tensor, cache: list[Tensor], slot_ids: Tensor, cache_l
     rows, tok = valid.nonzero(as_tuple=True)
     slots = slot_ids[rows]
     pos = cache_lens[rows] + tok - first[rows]
-    for dst, src in zip(cache, _encode(x[rows, :, tok].unsqueeze(2), fmt)):
+    for dst, src in zip(cache, _encode(x[rows, :, tok].unsqueeze(2), fmt, groups)):
         dst[slots, :, pos] = src.squeeze(2)  # [N, H, ...] in both: advanced dims come first
 
 

@@ -9,7 +9,8 @@
   in float32. Rounding it would move both ends of the range by up to half a step; the fractional
   zero puts the vector's minimum and maximum on the grid (SmolLM2, 16-bit weights, KV4 cache with
   rotated and centred keys, 8,192 WikiText-2 tokens: perplexity 30.146 with an integer zero, 29.995
-  with the fractional one).
+  with the fractional one). Keys may take `groups` > 1 scale/zero pairs per head vector (contiguous
+  groups along D; scale and zero [..., H, G]): a scheme's `kv_key_groups`.
 - `kv8`: symmetric INT8, s = fp16_up(absmax / 127), q = clamp(round(x / s), -127, 127), x' = q * s.
   Stored: q int8 [..., H, D], scale fp16 [..., H].
 Math in float32 whatever the input dtype; the rounding rules (fp16 scales rounded up) are those of
@@ -50,24 +51,44 @@ def _check_kv(x: torch.Tensor) -> None:
         raise QuantizationError(f"K/V tensor has shape {tuple(x.shape)}; expected [..., heads, head_dim]")
 
 
-def quantize_kv4(x: torch.Tensor) -> KV4:
-    """x [..., H, D] float -> KV4; D must be even (two values per byte)."""
+def quantize_kv4(x: torch.Tensor, groups: int = 1) -> KV4:
+    """x [..., H, D] float -> KV4; D must be even (two values per byte). With `groups` > 1 each head
+    vector is cut into that many contiguous groups along D, each with its own scale and zero: scale
+    and zero become [..., H, groups] (D / groups must be even)."""
     _check_kv(x)
-    if x.shape[-1] % 2:
-        raise QuantizationError(f"KV4 packs two values per byte, so head_dim must be even (got {x.shape[-1]})")
+    d = x.shape[-1]
+    if groups < 1 or d % (2 * groups):
+        raise QuantizationError(
+            f"KV4 with {groups} group(s) per head vector needs head_dim divisible by {2 * groups} (two values "
+            f"per byte in every group); got head_dim {d}. Use groups=1 or a head_dim that divides."
+        )
     x = x.to(torch.float32)
+    if groups > 1:
+        x = x.reshape(*x.shape[:-1], groups, d // groups)
     vmin = x.amin(dim=-1, keepdim=True).clamp(max=0)
     vmax = x.amax(dim=-1, keepdim=True).clamp(min=0)
     scale = to_fp16_scale((vmax - vmin) / 15, "KV4 scale")
     s = scale.to(torch.float32)
     zero = (-vmin / s).to(torch.float16)  # <= 15: the scale was rounded up
     q = torch.clamp(torch.round(x / s + zero.to(torch.float32)), 0, 15)
+    if groups > 1:
+        q = q.reshape(*q.shape[:-2], d)
     return KV4(pack_int4(q.to(torch.uint8)), scale.squeeze(-1), zero.squeeze(-1))
+
+
+def kv4_groups(kv: KV4) -> int:
+    """Scale/zero groups per head vector: 1 when scale is [..., H], else its last dim."""
+    return 1 if kv.scale.dim() < kv.packed.dim() else kv.scale.shape[-1]
 
 
 def dequantize_kv4(kv: KV4, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """KV4 -> x' [..., H, D] in dtype (computed in float32)."""
     q = unpack_uint4(kv.packed).to(torch.float32)
+    g = kv4_groups(kv)
+    if g > 1:
+        q = q.reshape(*q.shape[:-1], g, q.shape[-1] // g)
+        x = (q - kv.zero.to(torch.float32)[..., None]) * kv.scale.to(torch.float32)[..., None]
+        return x.reshape(*x.shape[:-2], -1).to(dtype)
     x = (q - kv.zero.to(torch.float32)[..., None]) * kv.scale.to(torch.float32)[..., None]
     return x.to(dtype)
 

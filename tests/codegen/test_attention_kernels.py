@@ -32,9 +32,9 @@ def cache(tmp_path_factory):
     return KernelCache(tmp_path_factory.mktemp("kernels"))
 
 
-def make_cache(fmt, dtype, history, hkv=2, d=32, slots=4, max_tokens=48, slot_ids=(2, 0, 1), seed=0):
+def make_cache(fmt, dtype, history, hkv=2, d=32, slots=4, max_tokens=48, slot_ids=(2, 0, 1), seed=0, key_groups=1):
     """A layer's cache with `history[i]` random tokens stored in slot slot_ids[i]."""
-    spec = KVCacheSpec(fmt, 1, hkv, d, dtype)
+    spec = KVCacheSpec(fmt, 1, hkv, d, dtype, key_groups=key_groups)
     k_cache, v_cache = spec.layer_tensors(spec.allocate(slots, max_tokens, DEVICE), 0)
     g = torch.Generator().manual_seed(seed)
     for slot, n in zip(slot_ids, history):
@@ -46,9 +46,9 @@ def make_cache(fmt, dtype, history, hkv=2, d=32, slots=4, max_tokens=48, slot_id
     return k_cache, v_cache
 
 
-def step(fmt, dtype, t, new_lens, history=(20, 0, 33), heads=8, hkv=2, d=32, seed=1, max_tokens=48):
+def step(fmt, dtype, t, new_lens, history=(20, 0, 33), heads=8, hkv=2, d=32, seed=1, max_tokens=48, key_groups=1):
     """Store one forward's new K/V (left-padded rows) and return (q, caches, context) for attention."""
-    k_cache, v_cache = make_cache(fmt, dtype, history, hkv, d, max_tokens=max_tokens)
+    k_cache, v_cache = make_cache(fmt, dtype, history, hkv, d, max_tokens=max_tokens, key_groups=key_groups)
     b = len(new_lens)
     g = torch.Generator().manual_seed(seed)
     slot_ids = torch.tensor([2, 0, 1][:b], device=DEVICE)
@@ -109,6 +109,27 @@ def test_prefill_fresh_prompt_sliding_window(cache):
         assert rel_err(out, ref) < TOLERANCE[torch.float32]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_two_key_groups_decode_and_prefill(cache, dtype):
+    """kv4 keys with a scale/zero pair per half of head_dim (the w4a8kv4 cache): decode with one and
+    three splits, and prefill with history and padding, against the reference."""
+    q, kc, vc, slot_ids, cache_lens, new = step("kv4", dtype, 1, [1, 1, 1], d=64, key_groups=2)
+    assert kc[1].shape[-1] == 2 and vc[1].dim() == 3
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, "kv4")
+    for splits in (1, 3):
+        out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, "kv4", cache=cache,
+                                  decode=DecodeConfig(BLOCK_N=16, num_splits=splits))
+        assert rel_err(out, ref) < TOLERANCE[dtype]
+    q, kc, vc, slot_ids, cache_lens, new = step("kv4", dtype, 7, [7, 3, 5], d=64, key_groups=2)
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, "kv4")
+    out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, "kv4", cache=cache,
+                              prefill=PrefillConfig(BLOCK_M=16, BLOCK_N=16))
+    assert rel_err(out, ref) < TOLERANCE[dtype]
+    q, kc, vc, slot_ids, cache_lens, new = step("kv4", dtype, 1, [1, 1, 1], d=32, key_groups=2)
+    with pytest.raises(KernelError, match="2 need head_dim >= 64"):
+        attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.2, -1, "kv4", cache=cache)
+
+
 def test_unsupported_shapes_are_named(cache):
     q, kc, vc, slot_ids, cache_lens, new = step("kv4", torch.float32, 1, [1, 1, 1], d=24)
     with pytest.raises(KernelError, match="power of two"):
@@ -118,17 +139,17 @@ def test_unsupported_shapes_are_named(cache):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_gpu_llama_shapes(fmt):
+@pytest.mark.parametrize("fmt,key_groups", [(f, 1) for f in FORMATS] + [("kv4", 2)])
+def test_gpu_llama_shapes(fmt, key_groups):
     """32 query / 8 KV heads, head_dim 128, bf16: decode with the default split and prefill."""
     history = (3000, 517, 1200)
     q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.bfloat16, 1, [1, 1, 1], history=history, heads=32,
-                                                hkv=8, d=128, max_tokens=4096)
+                                                hkv=8, d=128, max_tokens=4096, key_groups=key_groups)
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
     out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
     assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
     q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.bfloat16, 130, [130, 64, 1], history=history, heads=32,
-                                                hkv=8, d=128, max_tokens=4096)
+                                                hkv=8, d=128, max_tokens=4096, key_groups=key_groups)
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
     out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
     assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]

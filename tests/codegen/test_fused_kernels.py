@@ -101,8 +101,8 @@ def test_act_quant_zero_rows_and_empty_input(cache):
         fused.act_quant_triton("none", x, "w4a16_g128", cache=cache)
 
 
-def _kv_case(fmt, dtype, b=3, h=4, hkv=2, t=5, d=16, device=DEVICE, seed=0):
-    spec = KVCacheSpec(fmt, 1, hkv, d, dtype)
+def _kv_case(fmt, dtype, b=3, h=4, hkv=2, t=5, d=16, device=DEVICE, seed=0, key_groups=1):
+    spec = KVCacheSpec(fmt, 1, hkv, d, dtype, key_groups=key_groups)
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(b, t, h, d, generator=g).to(dtype).transpose(1, 2).to(device)  # strided, as captured
     k = (torch.randn(b, t, hkv, d, generator=g) * 3).to(dtype).transpose(1, 2).to(device)
@@ -173,6 +173,22 @@ def test_rope_qkv_store_with_key_centre_is_bit_identical(cache, dtype, rotate):
     assert torch.equal(q_rot, expect) and all(torch.equal(a, b) for a, b in zip(mine, theirs))
     fused_ops.rope_qkv_store_reference(q, k, v, cos, sin, *spec.layer_tensors(plain, 0), *ctx, "kv4", rotate)
     assert not torch.equal(mine[0], plain[0])  # the centre was subtracted
+
+
+@pytest.mark.parametrize("key_groups", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_qkv_store_with_key_groups_is_bit_identical(cache, dtype, key_groups):
+    """kv4 keys with several scale/zero pairs per head vector (and the rotation and centre of the
+    w4a8kv4 recipe): same bytes, scales and zeros as the reference; values keep one pair."""
+    spec, q, k, v, cos, sin, ctx, tensors = _kv_case("kv4", dtype, seed=5, key_groups=key_groups)
+    centre = _key_centre(2, 16, dtype)
+    mine, theirs = [t.clone() for t in tensors], [t.clone() for t in tensors]
+    kc, vc = spec.layer_tensors(mine, 0)
+    assert kc[1].shape == (4, 2, 16, key_groups) and vc[1].shape == (4, 2, 16)
+    q_rot = fused.rope_store_triton(q, k, v, cos, sin, kc, vc, *ctx, "kv4", True, centre, cache=cache)
+    expect = fused_ops.rope_qkv_store_reference(q, k, v, cos, sin, *spec.layer_tensors(theirs, 0), *ctx, "kv4", True,
+                                                centre)
+    assert torch.equal(q_rot, expect) and all(torch.equal(a, b) for a, b in zip(mine, theirs))
 
 
 @pytest.mark.parametrize("fmt", ["kv16", "kv8"])
@@ -246,6 +262,12 @@ def test_gpu_fused_kernels_at_llama_sizes(dtype):
     expect = fused_ops.rope_qkv_store_reference(*cpu, *spec.layer_tensors(theirs, 0), *(t.cpu() for t in ctx), "kv4")
     assert torch.equal(q_rot.cpu(), expect) and all(torch.equal(a.cpu(), b) for a, b in zip(mine, theirs))
     centre = _key_centre(8, 128, dtype)
+    spec2, *_, tensors2 = _kv_case("kv4", dtype, b=3, h=32, hkv=8, t=5, d=128, key_groups=2)
+    mine, theirs = [t.clone() for t in tensors2], [t.cpu() for t in tensors2]  # two key groups (w4a8kv4)
+    q_rot = fused.rope_store_triton(q, k, v, cos, sin, *spec2.layer_tensors(mine, 0), *ctx, "kv4", True, centre)
+    expect = fused_ops.rope_qkv_store_reference(*cpu, *spec2.layer_tensors(theirs, 0), *(t.cpu() for t in ctx),
+                                                "kv4", True, centre.cpu())
+    assert torch.equal(q_rot.cpu(), expect) and all(torch.equal(a.cpu(), b) for a, b in zip(mine, theirs))
     for extra in ((True,), (True, centre)):  # with the key rotation, then also the key centre
         mine, theirs = [t.clone() for t in tensors], [t.cpu() for t in tensors]
         q_rot = fused.rope_store_triton(q, k, v, cos, sin, *spec.layer_tensors(mine, 0), *ctx, "kv4", *extra)

@@ -70,8 +70,10 @@ def test_kv_sqnr_on_gaussian_heads():
 
 
 def test_bad_kv_input_raises():
-    with pytest.raises(QuantizationError, match="head_dim must be even"):
+    with pytest.raises(QuantizationError, match="head_dim divisible by 2"):
         quantize_kv(torch.randn(2, 3, 5), "kv4")
+    with pytest.raises(QuantizationError, match="head_dim divisible by 4"):
+        quantize_kv4(torch.randn(2, 3, 6), groups=2)
     with pytest.raises(QuantizationError, match="NaN or Inf"):
         quantize_kv(torch.tensor([[1.0, float("nan")]]), "kv8")
     with pytest.raises(QuantizationError, match=r"\[..., heads, head_dim\]"):
@@ -80,3 +82,18 @@ def test_bad_kv_input_raises():
         quantize_kv(torch.randn(2, 8), "kv2")
     with pytest.raises(QuantizationError, match="floating dtype"):
         quantize_kv(torch.ones(2, 8, dtype=torch.int8), "kv4")
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from([2, 4]), st.sampled_from([8, 64, 128]), st.integers(0, 2**31 - 1))
+def test_kv4_groups_are_independent_head_vectors(groups, dim, seed):
+    """Grouped KV4 = plain KV4 of each contiguous piece of the head vector: same codes, same scales."""
+    x = torch.randn(2, 3, dim, generator=torch.Generator().manual_seed(seed)) * 3
+    x[..., 0] += 20.0  # an outlier in the first group only: the other groups keep their fine steps
+    kv = quantize_kv4(x, groups)
+    assert kv.scale.shape == kv.zero.shape == (2, 3, groups)
+    plain = quantize_kv4(x.reshape(2, 3 * groups, dim // groups))
+    assert torch.equal(kv.packed.reshape(-1), plain.packed.reshape(-1))
+    assert torch.equal(kv.scale.reshape(-1), plain.scale.reshape(-1))
+    assert torch.equal(dequantize_kv4(kv), dequantize_kv4(plain).reshape(x.shape))
+    assert float((x - dequantize_kv4(kv)).square().mean()) < float((x - dequantize_kv4(quantize_kv4(x))).square().mean())
