@@ -62,8 +62,9 @@ def default_calibration(tokenizer, n_samples: int = DEFAULT_SAMPLES, seq_len: in
     return calibration_batches(tokenizer, n_samples=n_samples, seq_len=seq_len, seed=seed)
 
 
-def calibration_tokens(calibration, tokenizer, vocab_size: int) -> torch.Tensor:
-    """Resolve `lowc.compile(calibration=...)`: None (shipped text), a str, or token ids -> [n, seq]."""
+def calibration_tokens(calibration, tokenizer, vocab_size: int, n_samples: int | None = None) -> torch.Tensor:
+    """Resolve `lowc.compile(calibration=...)`: None (shipped text, `n_samples` windows of 512 tokens,
+    default DEFAULT_SAMPLES), a str, or token ids -> [n, seq]."""
     if calibration is None or isinstance(calibration, str):
         if tokenizer is None:
             raise CalibrationError(
@@ -72,7 +73,7 @@ def calibration_tokens(calibration, tokenizer, vocab_size: int) -> torch.Tensor:
                 "your own text via calibration='...'), or pass calibration=LongTensor[n, seq] of token ids"
             )
         if calibration is None:
-            return check_tokens(default_calibration(tokenizer), vocab_size)
+            return check_tokens(default_calibration(tokenizer, n_samples or DEFAULT_SAMPLES), vocab_size)
         return check_tokens(_text_rows(calibration, tokenizer), vocab_size)
     return check_tokens(calibration, vocab_size)
 

@@ -201,7 +201,7 @@ def compile(
     if names & NEEDS_CALIBRATION:  # resolve calibration data before the (slower) capture
         from lowc.calibrate import calibration_tokens
 
-        tokens = calibration_tokens(calibration, tokenizer, int(model.config.vocab_size))
+        tokens = calibration_tokens(calibration, tokenizer, int(model.config.vocab_size), scheme.calibration_samples)
     gm = capture(model)
     sample = _sample_inputs(model) if debug else None
     ctx = PassContext(scheme=scheme, model_config=model.config, sample_inputs=sample, debug=debug,

@@ -227,7 +227,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", metavar="FILE", help="score this UTF-8 text file instead of --dataset")
     p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     p.add_argument("--device", default="auto", help='"cpu", "cuda", or "auto" (cuda when there is one)')
-    p.add_argument("--calibration-samples", type=int, default=128, help="512-token calibration windows")
+    p.add_argument("--calibration-samples", type=int, default=None,
+                   help="512-token calibration windows (default: the scheme's, 128 unless it says otherwise)")
     p.add_argument("--cache-dir", help="model cache (default $LOWC_CACHE_DIR or ~/.cache/lowc)")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON (atomically)")
     p.add_argument("--no-progress", action="store_true")
@@ -269,7 +270,11 @@ def eval_main(argv: list[str] | None = None) -> int:
         import lowc
 
         began = time.perf_counter()
-        calibration = calibration_batches(tokenizer, args.calibration_samples, seq_len=512)
+        from lowc.calibrate import DEFAULT_SAMPLES
+        from lowc.schemes import parse_scheme
+
+        n_calib = args.calibration_samples or parse_scheme(args.scheme).calibration_samples or DEFAULT_SAMPLES
+        calibration = calibration_batches(tokenizer, n_calib, seq_len=512)
         model = lowc.compile(model, scheme=args.scheme, calibration=calibration, progress=progress)
         compile_seconds = time.perf_counter() - began
     ids = tokenize(tokenizer, text)

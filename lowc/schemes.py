@@ -49,6 +49,7 @@ class Scheme:
     clip_search: bool = False  # per-group weight clipping search
     gptq: bool = False  # GPTQ-style error compensation
     bit_balance: bool = False  # ABQ-LLM's W2* five-level grid
+    calibration_samples: int | None = None  # windows of 512 tokens of lowc's text when none is given (None: 128)
     keep_lm_head: bool = True  # lm_head and embeddings stay in 16 bits
     version: int = SCHEME_VERSION
     passes: tuple[str, ...] = field(default=())
@@ -65,6 +66,8 @@ class Scheme:
                 f"{self.name}: kv_key_groups={self.kv_key_groups}: choose 1, 2 or 4, and more than 1 only with a "
                 "4-bit KV cache (kv4)"
             )
+        if self.calibration_samples is not None and self.calibration_samples < 1:
+            raise SchemeError(f"{self.name}: calibration_samples must be positive or None, got {self.calibration_samples}")
         if self.group_size < 0 or (self.group_size and self.group_size % 32):
             raise SchemeError(
                 f"{self.name}: group size {self.group_size} must be 0 (per channel) or a multiple of 32"
@@ -166,7 +169,8 @@ PRESETS: dict[str, Scheme] = {
             # Keys take two scale/zero pairs per head vector (kv_key_groups=2): +4 cache bytes per token
             # and head, and the key side of the KV4 error drops (docs/accuracy.md).
             "w4a8kv4", w_bits=4, a_bits=8, kv_bits=4, smooth_alpha=0.5, kv_rotation=True, kv_key_center=True,
-            kv_key_groups=2, scale_search=True, clip_search=True, gptq=True,
+            # 256 calibration windows instead of 128: GPTQ/clip/scale-search Hessians (docs/accuracy.md).
+            kv_key_groups=2, scale_search=True, clip_search=True, gptq=True, calibration_samples=256,
         ),
         _preset(
             "w4a4", w_bits=4, a_bits=4, kv_bits=4, kv_rotation=True, kv_key_center=True, n_outliers=128,

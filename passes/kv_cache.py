@@ -129,7 +129,21 @@ def _spec_for(attns: list[fx.Node], ctx: PassContext) -> KVCacheSpec:
         raise PassError(f"kv_cache needs the same KV heads, head_dim and dtype in every layer, got {sorted(map(str, shapes))}")
     kv_heads, head_dim, dtype = shapes.pop()
     return KVCacheSpec(kv_format(ctx.scheme.kv_bits), len(attns), kv_heads, head_dim, dtype,
-                       key_groups=ctx.scheme.kv_key_groups)
+                       key_groups=key_groups(ctx, head_dim))
+
+
+MIN_KEY_GROUP = 32  # channels: a smaller key group has too few values for its own range, and no kernel
+
+
+def key_groups(ctx: PassContext, head_dim: int) -> int:
+    """The scheme's kv_key_groups where every group keeps at least MIN_KEY_GROUP channels; otherwise
+    one pair per head vector (logged), so w4a8kv4 on a head_dim-32 model keeps the plain kv4 keys."""
+    asked = ctx.scheme.kv_key_groups
+    if asked > 1 and head_dim < asked * MIN_KEY_GROUP:
+        ctx.log.info("kv_cache: head_dim %d is too small for %d key groups of >= %d channels; keys keep one "
+                     "scale/zero pair per head vector", head_dim, asked, MIN_KEY_GROUP)
+        return 1
+    return asked
 
 
 def _shape_from_config(cfg) -> tuple[int, int, torch.dtype]:

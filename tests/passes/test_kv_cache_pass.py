@@ -150,3 +150,16 @@ def test_every_preset_runs_kv_cache_last():
     for s in [*PRESETS.values(), parse_scheme("w16a16kv4"), parse_scheme("w4a8kv4-g64")]:
         assert s.passes[-3:] == ("kv_cache", "fuse_glue", "eliminate_dead_code")
     assert parse_scheme("w4a8kv4").kv_bits == 4
+
+
+def test_key_groups_follow_the_scheme_where_head_dim_allows(captured):
+    """w4a8kv4's two key groups: kept at head_dim >= 64, one pair per head vector below (each group
+    must keep 32 channels); the spec's key scale/zero take the group axis, the values do not."""
+    from lowc.passes.kv_cache import key_groups
+
+    scheme = parse_scheme("w16a16kv4").replace(name="kv4-g2", kv_key_groups=2)
+    spec = _rewrite(captured, scheme).graph_module.meta["lowc_kv_cache"]
+    assert spec.head_dim < 64 and spec.key_groups == 1  # the tiny model's head_dim
+    ctx = PassContext(scheme=scheme)
+    assert key_groups(ctx, 64) == 2 and key_groups(ctx, 128) == 2 and key_groups(ctx, 32) == 1
+    assert PRESETS["w4a8kv4"].kv_key_groups == 2 and PRESETS["w4a4"].kv_key_groups == 1
