@@ -53,7 +53,8 @@ SHORT_TOP = 4  # --warps: at S < 4096 only the default and the SHORT_TOP best co
 
 def cache_bytes(fmt: str, b: int, s: int) -> int:
     """Bytes read for one decode step: K and V (data + scales + zeros), q, and the output."""
-    per_token = {"bf16": 2 * HEAD_DIM, "kv8": HEAD_DIM + 2, "kv4": HEAD_DIM // 2 + 4}[fmt]
+    per_token = {"bf16": 2 * HEAD_DIM, "kv8": HEAD_DIM + 2, "kv4": HEAD_DIM // 2 + 4,
+                 "kv4k2": HEAD_DIM // 2 + 6}[fmt]  # kv4k2: keys 8 bytes of scale/zero, values 4 (mean 6)
     return 2 * b * KV_HEADS * s * per_token + 2 * (2 * b * HEADS * HEAD_DIM)
 
 
@@ -96,11 +97,17 @@ def sdpa_case(b: int, s: int):
     return rotating(fns), q, kvs[0]
 
 
-def random_cache(fmt: str, b: int, s: int, seed: int) -> list[torch.Tensor]:
+def cache_format(label: str) -> tuple[str, int]:
+    """(KV format, key groups) of a bench label: "kv4k2" is kv4 with two key scale/zero pairs (w4a8kv4)."""
+    return ("kv4", 2) if label == "kv4k2" else (label, 1)
+
+
+def random_cache(label: str, b: int, s: int, seed: int) -> list[torch.Tensor]:
     """One layer's K and V parts filled with random (valid) codes and scales, never zeros."""
     from lowc.ops.kv_ops import KVCacheSpec
 
-    spec = KVCacheSpec(fmt, 1, KV_HEADS, HEAD_DIM, torch.bfloat16)
+    fmt, key_groups = cache_format(label)
+    spec = KVCacheSpec(fmt, 1, KV_HEADS, HEAD_DIM, torch.bfloat16, key_groups=key_groups)
     g = torch.Generator(device="cuda").manual_seed(seed)
     parts = spec.allocate(b, s, "cuda")
     for i, t in enumerate(parts):
@@ -110,16 +117,17 @@ def random_cache(fmt: str, b: int, s: int, seed: int) -> list[torch.Tensor]:
             t.copy_(torch.randint(lo, hi, t.shape, device="cuda", generator=g, dtype=torch.int32).to(t.dtype))
         elif name == "scale":
             t.copy_(torch.rand(t.shape, device="cuda", generator=g) * 0.05 + 0.01)
-        else:  # zero: an integer 0..15
-            t.copy_(torch.randint(0, 16, t.shape, device="cuda", generator=g).to(t.dtype))
+        else:  # zero: a (fractional) zero point in 0..15
+            t.copy_(torch.rand(t.shape, device="cuda", generator=g) * 15)
     return parts
 
 
-def lowc_case(fmt: str, b: int, s: int, q: torch.Tensor):
+def lowc_case(label: str, b: int, s: int, q: torch.Tensor):
     from lowc.runtime.attention import DecodeConfig, attention_kv_triton
 
-    n = copies_for(cache_bytes(fmt, b, s))
-    caches = [random_cache(fmt, b, s, seed) for seed in range(n)]
+    n = copies_for(cache_bytes(label, b, s))
+    caches = [random_cache(label, b, s, seed) for seed in range(n)]
+    fmt = cache_format(label)[0]
     half = len(caches[0]) // 2
     slot_ids = torch.arange(b, device="cuda")
     cache_lens = torch.full((b,), s - 1, device="cuda")
@@ -195,7 +203,8 @@ def precompile(sweep, workers: int) -> None:
     print(f"precompiled {len(jobs)} configurations in {time.time() - t0:.0f} s; failed: {failed}", flush=True)
 
 
-def run_attention(quick: bool, sweep_all=None, rep: int = 40, partial_json: str | None = None) -> dict:
+def run_attention(quick: bool, sweep_all=None, rep: int = 40, partial_json: str | None = None,
+                  formats=("kv4", "kv8")) -> dict:
     from lowc.runtime.attention import DEFAULT_STAGES, DecodeConfig, default_splits
 
     bw, copy_bw = bandwidths()
@@ -216,7 +225,7 @@ def run_attention(quick: bool, sweep_all=None, rep: int = 40, partial_json: str 
             del fn
             torch.cuda.empty_cache()
             auto = default_splits(b * KV_HEADS, s, q.device, 64)
-            for fmt in ("kv4", "kv8"):
+            for fmt in formats:
                 make, check = lowc_case(fmt, b, s, q)
                 sweep = sweep_all[:BEFORE + 1] if quick else sweep_all
                 if sweep_all is not CONFIG_SWEEP and s < 4096 and score:
@@ -225,7 +234,7 @@ def run_attention(quick: bool, sweep_all=None, rep: int = 40, partial_json: str 
                 results = []
                 for entry in sweep:
                     bn, warps, stages, mult, asm, block_h, maxnreg, stage_k, stage_v = entry
-                    if fmt != "kv4" and not asm:
+                    if not fmt.startswith("kv4") and not asm:
                         continue  # the unpacking choice only exists for kv4
                     splits = max(1, default_splits(b * KV_HEADS, s, q.device, bn) * mult)
                     cfg = DecodeConfig(BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm,
@@ -236,7 +245,7 @@ def run_attention(quick: bool, sweep_all=None, rep: int = 40, partial_json: str 
                     except Exception as e:  # a config that does not compile or fit: record and go on
                         print(f"  {fmt} {cfg}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                         continue
-                    results.append({"config": [bn, warps, stages or DEFAULT_STAGES[fmt], splits, asm, block_h, maxnreg,
+                    results.append({"config": [bn, warps, stages or DEFAULT_STAGES[cache_format(fmt)[0]], splits, asm, block_h, maxnreg,
                                                stage_k, stage_v],
                                     "entry": list(entry), "us": t * 1e3,
                                     "rel_err": err})
@@ -316,13 +325,17 @@ def table(result: dict) -> str:
         "time / lowc time; before = the previous default launch (CONFIG_SWEEP[BEFORE]) in the same run; "
         "config = [BLOCK_N, warps, stages, splits, inline-PTX unpack, block_h, maxnreg, stage_k, stage_v].",
         "",
-        "| B | S | SDPA BF16 µs (floor %) | KV4 before µs (×SDPA) | KV4 default µs (floor %, ×SDPA) | KV4 best µs (floor %, ×SDPA) [config] | KV8 before µs (×SDPA) | KV8 default µs (floor %, ×SDPA) | KV8 best µs (floor %, ×SDPA) [config] |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    fmts = [f for f in ("kv4", "kv4k2", "kv8") if result["rows"] and f in result["rows"][0]]
+    head = ["B", "S", "SDPA BF16 µs (floor %)"]
+    for f in fmts:
+        n = f.upper()
+        head += [f"{n} before µs (×SDPA)", f"{n} default µs (floor %, ×SDPA)", f"{n} best µs (floor %, ×SDPA) [config]"]
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in result["rows"]:
         sd = r["sdpa_bf16"]
         cells = [str(r["B"]), str(r["S"]), f"{sd['us']:.1f} ({sd['floor_pct']:.0f}%)"]
-        for fmt in ("kv4", "kv8"):
+        for fmt in fmts:
             x = r[fmt]
             cells.append(f"{x['before_us']:.1f} ({x['speedup_before']:.2f}×)" if "before_us" in x else "–")
             cells.append(f"{x['default_us']:.1f} ({x['floor_pct_default']:.0f}%, {x['speedup_default']:.2f}×)")
@@ -346,6 +359,8 @@ def main() -> None:
     p.add_argument("--rep", type=int, default=40, help="milliseconds of graph replay per timing")
     p.add_argument("--precompile", type=int, default=0, metavar="N", help="compile the sweep in N processes first")
     p.add_argument("--compile-only", action="store_true", help="with --precompile: stop after compiling")
+    p.add_argument("--formats", default="kv4,kv8",
+                   help="lowc caches to time: kv4, kv4k2 (kv4 with two key scale/zero pairs, w4a8kv4's), kv8")
     args = p.parse_args()
     if args.markdown:
         with open(args.markdown) as f:
@@ -367,7 +382,8 @@ def main() -> None:
         precompile(sweep[:BEFORE + 1] if args.quick else sweep, args.precompile)
         if args.compile_only:
             return
-    result.update(run_attention(args.quick, sweep, args.rep, args.json and args.json + ".partial"))
+    result.update(run_attention(args.quick, sweep, args.rep, args.json and args.json + ".partial",
+                                tuple(args.formats.split(","))))
     result["seconds"] = time.time() - t0
     if args.json:
         with open(args.json, "w") as f:
