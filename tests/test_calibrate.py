@@ -114,3 +114,18 @@ def test_text_needs_a_tokenizer_and_enough_words():
 def test_compile_without_tokenizer_or_tokens_is_a_clear_error(model):
     with pytest.raises(CalibrationError, match="tokenizer"):
         lowc.compile(model, "w8a8", progress=False)
+
+
+def test_shipped_text_takes_the_windows_the_scheme_asks_for():
+    """calibration=None reads `n_samples` windows of 512 tokens (lowc.compile passes the scheme's
+    calibration_samples, e.g. w4a8kv4's 256), 128 when none is asked for."""
+    from lowc.calibrate import DEFAULT_SAMPLES
+    from lowc.schemes import parse_scheme
+
+    class Bytes:
+        def __call__(self, text, **kwargs):
+            return {"input_ids": list(text.encode("utf-8"))}
+
+    assert calibration_tokens(None, Bytes(), 256, n_samples=7).shape == (7, 512)
+    assert calibration_tokens(None, Bytes(), 256).shape == (DEFAULT_SAMPLES, 512)
+    assert parse_scheme("w4a8kv4").calibration_samples == 256 and parse_scheme("w8a8").calibration_samples is None

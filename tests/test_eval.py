@@ -215,7 +215,12 @@ def test_eval_main_prints_perplexity_last_and_writes_json(tiny_registered, tmp_p
     assert [p.name for p in out_json.parent.iterdir()] == ["r.json"]
 
 
-def test_eval_main_compiles_with_calibration_batches(tiny_registered, monkeypatch, tmp_path):
+@pytest.mark.parametrize("scheme,flag,windows", [
+    ("w4a8kv4", [], 256),  # the scheme asks for 256 (Scheme.calibration_samples)
+    ("w8a8", [], 128),  # lowc's default
+    ("w4a8kv4", ["--calibration-samples", "64"], 64),  # the flag wins
+])
+def test_eval_main_compiles_with_calibration_batches(tiny_registered, monkeypatch, tmp_path, scheme, flag, windows):
     calls = []
 
     def fake_compile(model, scheme, calibration, progress):
@@ -223,13 +228,13 @@ def test_eval_main_compiles_with_calibration_batches(tiny_registered, monkeypatc
         return model
 
     monkeypatch.setattr(lowc, "compile", fake_compile, raising=False)
-    code, lines = _run(["--model", "tiny", "--scheme", "w4a8kv4", "--dataset", "heldout",
+    code, lines = _run(["--model", "tiny", "--scheme", scheme, "--dataset", "heldout",
                         "--tokens", "128", "--window", "64", "--dtype", "bfloat16", "--no-progress",
-                        "--device", "cpu"])
+                        "--device", "cpu", *flag])
     assert code == 0 and lines[-1].startswith("perplexity: ")
-    (scheme, calibration), = calls
-    assert scheme == "w4a8kv4" and calibration.shape == (128, 512)
-    assert torch.equal(calibration, ev.calibration_batches(ByteTokenizer()))
+    (name, calibration), = calls
+    assert name == scheme and calibration.shape == (windows, 512)
+    assert torch.equal(calibration, ev.calibration_batches(ByteTokenizer(), windows))
     assert tiny_registered == [torch.bfloat16]
 
 
