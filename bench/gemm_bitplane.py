@@ -101,9 +101,19 @@ def shipped_config(fmt, m, n, k, slug):
     return bg.default_config(bg.kernel_spec(fmt, "unpack"), "unpack", m, n, k)
 
 
-def template_launcher(template, fmt, cfg, x, sx, m, n, k):
-    """w -> a launch of the unpack kernel rendered from another template file (e.g. the previous
-    version, copied beside the current one) with the same arguments: the same-run comparison."""
+def shipped_gemv_config(fmt, m, n, k, slug):
+    """The GEMV config the shipped table (as checked out) holds for this point, or None."""
+    from lowc.runtime import bitplane_gemm as bg
+    from lowc.runtime.autotune import TileConfig
+
+    raw = bg.RealizationSelector(policy="off").shipped_table(slug).load().get(
+        bg.RealizationSelector.key(fmt, "bfloat16", m, n, k))
+    return TileConfig.from_dict(raw["config"]) if raw and raw.get("realization") == "gemv" else None
+
+
+def template_launcher(template, fmt, cfg, x, sx, m, n, k, realization="unpack"):
+    """w -> a launch of one realization's kernel rendered from another template file (e.g. the
+    previous version, copied beside the current one) with the same arguments: the same-run comparison."""
     import dataclasses
 
     import torch
@@ -111,7 +121,7 @@ def template_launcher(template, fmt, cfg, x, sx, m, n, k):
     from lowc.runtime import bitplane_gemm as bg
     from lowc.runtime.kernel_cache import default_cache
 
-    spec = dataclasses.replace(bg.kernel_spec(fmt, "unpack"), template=template)
+    spec = dataclasses.replace(bg.kernel_spec(fmt, realization), template=template)
     kw = bg.bitplane_spec(fmt).padded_k(k)
     out = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
 
@@ -123,9 +133,11 @@ def template_launcher(template, fmt, cfg, x, sx, m, n, k):
 
 
 def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, log=print, realizations=None,
-                  old_template=None):
+                  old_template=None, old_gemv_template=None):
     """Measure every (shape, M): BF16, lowc W4A8/W8A8 and each bit-plane format's realizations; with
-    old_template, also the shipped config on that template ("old") and on the current one."""
+    old_template, also the shipped config on that template ("old") and on the current one; with
+    old_gemv_template, the shipped GEMV config (where the table holds one) on that template and on
+    the current GEMV template."""
     import torch
 
     from lowc.runtime import bitplane_gemm as bg
@@ -170,6 +182,18 @@ def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, 
                             graphed_rep=10, eager_rep=0)[0]
                 except Exception as e:
                     log(f"  {fmt} shipped config {cfg_old}: failed ({type(e).__name__}: {str(e)[:160]})")
+                cfg_gemv = shipped_gemv_config(fmt, m, n, k, slug) if old_gemv_template else None
+                if cfg_gemv is not None:
+                    try:
+                        old["shipped_gemv_config"] = cfg_gemv.to_dict()
+                        old["old_gemv_kernel_us"] = base.timed(base.Rotating(
+                            template_launcher(old_gemv_template, fmt, cfg_gemv, x, sx, m, n, k, "gemv"), w_list),
+                            graphed_rep=10, eager_rep=0)[0]
+                        old["shipped_gemv_config_new_kernel_us"] = base.timed(base.Rotating(
+                            lambda w: bg.qlinear_bitplane(x, sx, w, None, fmt, torch.bfloat16, realization="gemv",
+                                                          config=cfg_gemv), w_list), graphed_rep=10, eager_rep=0)[0]
+                    except Exception as e:
+                        log(f"  {fmt} shipped GEMV config {cfg_gemv}: failed ({type(e).__name__}: {str(e)[:160]})")
                 if "shipped_config_new_kernel_us" in old and "unpack" not in (realizations or bg.REALIZATIONS):
                     # Not swept: the shipped unpack config is the unpack realization's candidate, so the
                     # table keeps it wherever it still beats the swept realizations.
@@ -219,6 +243,10 @@ def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, 
                     row["bitplane"][fmt].update({
                         "shipped_x_vs_bf16": row["bf16_us"] / s_us, "shipped_x_vs_w4a8_g128": row["w4a8_g128_us"] / s_us,
                         "shipped_mem_floor_fraction": nbytes / ceil["copy_bw_Bps"] * 1e6 / s_us})
+                if "old_gemv_kernel_us" in old:
+                    row["bitplane"][fmt].update({
+                        "old_gemv_x_vs_bf16": row["bf16_us"] / old["old_gemv_kernel_us"],
+                        "old_gemv_x_vs_w4a8_g128": row["w4a8_g128_us"] / old["old_gemv_kernel_us"]})
                 if "old_kernel_us" in old:
                     row["bitplane"][fmt].update({
                         "old_x_vs_bf16": row["bf16_us"] / old["old_kernel_us"],
@@ -226,7 +254,9 @@ def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, 
             rows.append(row)
             log(f"{n}x{k} M={m}: bf16 {row['bf16_us']:.1f}us w4a8 {row['w4a8_g128_us']:.1f} w8a8 {row['w8a8_us']:.1f} | "
                 + " ".join(f"{f.split('_')[0]} {v['us']:.1f}({v['realization'][0]}, {v['x_vs_bf16']:.2f}x; old "
-                           f"{v.get('old_kernel_us', float('nan')):.1f}, shipped cfg {v.get('shipped_config_new_kernel_us', float('nan')):.1f})"
+                           f"{v.get('old_kernel_us', float('nan')):.1f}, shipped cfg {v.get('shipped_config_new_kernel_us', float('nan')):.1f}"
+                           + (f"; old gemv {v['old_gemv_kernel_us']:.1f}, shipped gemv cfg "
+                              f"{v.get('shipped_gemv_config_new_kernel_us', float('nan')):.1f}" if 'old_gemv_kernel_us' in v else "") + ")"
                            for f, v in row["bitplane"].items()))
         del wbs, packed
         torch.cuda.empty_cache()
@@ -257,7 +287,7 @@ def summary(rows, formats):
                    if all("old_x_vs_bf16" in s for s in sel) else {}),
                 # "shipped": the unpack kernel with the shipped table's config; "gemv": the best GEMV tile.
                 **{f"{side}_{what}": geomean([s[f"{side}_{what}"] for s in sel])
-                   for side in ("shipped", "gemv") for what in ("x_vs_bf16", "x_vs_w4a8_g128", "mem_floor_fraction")
+                   for side in ("shipped", "gemv", "old_gemv") for what in ("x_vs_bf16", "x_vs_w4a8_g128", "mem_floor_fraction")
                    if all(f"{side}_{what}" in s for s in sel)},
                 "w4a8_g128_x_vs_bf16": geomean([r["bf16_us"] / r["w4a8_g128_us"] for r in rows
                                                if r["M"] == m and fmt in r["bitplane"]]),
@@ -270,6 +300,7 @@ def print_table(result):
     s = result["summary"]
     for what in ("x_vs_bf16", "x_vs_w4a8_g128", "x_vs_w8a8", "old_x_vs_bf16", "old_x_vs_w4a8_g128",
                  "shipped_x_vs_bf16", "shipped_x_vs_w4a8_g128", "gemv_x_vs_bf16", "gemv_x_vs_w4a8_g128",
+                 "old_gemv_x_vs_bf16", "old_gemv_x_vs_w4a8_g128",
                  "mem_floor_fraction", "shipped_mem_floor_fraction", "gemv_mem_floor_fraction", "w4a8_g128_x_vs_bf16"):
         if not any(what in per[m] for per in s.values() for m in per):
             continue
@@ -293,6 +324,8 @@ def main(argv=None):
     p.add_argument("--realizations", nargs="*", default=None, help="default: both")
     p.add_argument("--old-template", help="also time the shipped config on this template (a copy of the "
                                           "previous qlinear_bitplane_unpack.py in codegen/templates)")
+    p.add_argument("--old-gemv-template", help="also time the shipped GEMV config on this template (a copy "
+                                               "of the previous qlinear_bitplane_gemv.py in codegen/templates)")
     p.add_argument("--out", help="results JSON")
     p.add_argument("--table-out", help="copy of the realization table (lowc/runtime/configs/bitplane-<gpu>.json)")
     args = p.parse_args(argv)
@@ -319,7 +352,8 @@ def main(argv=None):
     ceil = base.ceilings()
     print(f"{props.name}: copy {ceil['copy_bw_Bps'] / 1e12:.2f} TB/s, INT8 {ceil['int8_ops'] / 1e12:.0f} TOPS", flush=True)
     rows = bitplane_rows(shapes, args.ms, args.formats, ceil, l2, slug, t0 + args.budget_s, log=lambda s: print(s, flush=True),
-                         realizations=args.realizations, old_template=args.old_template)
+                         realizations=args.realizations, old_template=args.old_template,
+                         old_gemv_template=args.old_gemv_template)
     result = {"device": props.name, "slug": slug, "torch": torch.__version__, "triton": triton.__version__,
               "ceilings": ceil, "formats": args.formats, "rows": rows, "seconds": time.time() - t0}
     result["summary"] = summary(rows, args.formats)

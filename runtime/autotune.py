@@ -325,7 +325,7 @@ def gemv_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig
     for split, bk in ((1, min(k_pow2, GEMV_MAX_BK)), (2, min(k_pow2 // 2, GEMV_MAX_BK))):
         if bk < max(spec.group_size, 1024):
             continue
-        for bn, warps in ((4, 4), (4, 8), (8, 4), (8, 8), (16, 8)):
+        for bn, warps in ((2, 4), (4, 2), (4, 4), (4, 8), (8, 2), (8, 4), (8, 8), (16, 4), (16, 8), (32, 8)):
             if bn * bk // 8 <= 32 * 32 * warps:
                 out.append(gemv_config(spec, m, n, k, bn, bk, warps, 1, split))
     return list(dict.fromkeys(out))
