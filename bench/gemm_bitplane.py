@@ -88,26 +88,35 @@ def prepare(shapes, ms, formats, workers, realizations=None):
     print(f"precompiled {compiled} bit-plane (format, realization, config, M class), {failed} failed", flush=True)
 
 
+def shipped_entry(fmt, m, n, k, slug, nearest=True):
+    """The shipped table's entry (as checked out) for this point; with nearest, else the nearest
+    shape's; or None."""
+    from lowc.runtime import bitplane_gemm as bg
+
+    sel = bg.RealizationSelector(policy="off")
+    entries = sel.shipped_table(slug).load()
+    raw = entries.get(sel.key(fmt, "bfloat16", m, n, k))
+    if not raw and nearest:
+        raw = bg._nearest_shape(entries, fmt, "bfloat16", m, n, k)
+    return raw or None
+
+
 def shipped_config(fmt, m, n, k, slug):
     """The unpack config the shipped table (as checked out) gives this point, else the rule of thumb."""
     from lowc.runtime import bitplane_gemm as bg
     from lowc.runtime.autotune import TileConfig
 
-    sel = bg.RealizationSelector(policy="off")
-    entries = sel.shipped_table(slug).load()
-    raw = entries.get(sel.key(fmt, "bfloat16", m, n, k)) or bg._nearest_shape(entries, fmt, "bfloat16", m, n, k)
+    raw = shipped_entry(fmt, m, n, k, slug)
     if raw and raw.get("realization") == "unpack":
         return TileConfig.from_dict(raw["config"])
     return bg.default_config(bg.kernel_spec(fmt, "unpack"), "unpack", m, n, k)
 
 
 def shipped_gemv_config(fmt, m, n, k, slug):
-    """The GEMV config the shipped table (as checked out) holds for this point, or None."""
-    from lowc.runtime import bitplane_gemm as bg
+    """The GEMV config the shipped table (as checked out) holds for this exact point, or None."""
     from lowc.runtime.autotune import TileConfig
 
-    raw = bg.RealizationSelector(policy="off").shipped_table(slug).load().get(
-        bg.RealizationSelector.key(fmt, "bfloat16", m, n, k))
+    raw = shipped_entry(fmt, m, n, k, slug, nearest=False)
     return TileConfig.from_dict(raw["config"]) if raw and raw.get("realization") == "gemv" else None
 
 

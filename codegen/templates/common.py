@@ -35,9 +35,12 @@ bytes; both produce identical integers (and identical rounded floats for w4a16).
 @triton.jit
 def tile_coords(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
     """(pid_n, pid_m) for a 1-D program id, walking GROUP_M token tiles per weight tile band so
-    that the weight tiles of a band stay in L2 while all token tiles use them."""
-    num_m = tl.cdiv(M, BM)
+    that the weight tiles of a band stay in L2 while all token tiles use them. GROUP_M = 1 is the plain
+    order (pid_n fastest), computed without the band arithmetic."""
     num_n = tl.cdiv(N, BN)
+    if GROUP_M == 1:
+        return pid % num_n, pid // num_n
+    num_m = tl.cdiv(M, BM)
     per_band = GROUP_M * num_n
     band = pid // per_band
     first_m = band * GROUP_M

@@ -174,9 +174,7 @@ def qlinear_kernel(
     G: tl.constexpr = GROUP_SIZE if GROUP_SIZE > 0 else PC_SLICE  # columns per slice
     S: tl.constexpr = G // 32  # plane words per slice and row
     GPT: tl.constexpr = BK // G
-    num_n = tl.cdiv(N, BN)
-    pid_n = tl.program_id(0) % num_n
-    pid_m = tl.program_id(0) // num_n
+    pid_n, pid_m = tile_coords(tl.program_id(0), M, N, BM, BN, 1)
     rn = pid_n * BN + tl.arange(0, BN)
     rn_ld = rn % N
     rm = pid_m * BM + tl.arange(0, BM)

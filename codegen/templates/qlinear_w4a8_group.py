@@ -144,9 +144,7 @@ def gemv_kernel(
     loads); x as int64 words (eight int8 values, KX8 = K / 8 of them per row, stride_xm8 per row)."""
     WPG: tl.constexpr = GROUP_SIZE // 8  # code words per group
     GPT: tl.constexpr = BK // GROUP_SIZE  # groups per K tile
-    num_n = tl.cdiv(N, BN)
-    pid_n = tl.program_id(0) % num_n
-    pid_m = tl.program_id(0) // num_n
+    pid_n, pid_m = tile_coords(tl.program_id(0), M, N, BM, BN, 1)
     rn = pid_n * BN + tl.arange(0, BN)
     rn_ld = rn % N
     rm = pid_m * BM + tl.arange(0, BM)
