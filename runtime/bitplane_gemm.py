@@ -45,7 +45,7 @@ from lowc.runtime.kernel_cache import KernelCache, default_cache
 
 REALIZATIONS = ("unpack", "binary", "gemv")
 TEMPLATES = {"unpack": "qlinear_bitplane_unpack", "binary": "qlinear_bitplane_binary", "gemv": "qlinear_bitplane_gemv"}
-LAYOUT = "bitplane_u32[P,N,Kp/32]_lsb_first"
+LAYOUT = "bitplane_u32[P,N,Kp/32]_lane_order_rotated"  # lowc.quant.bitplane.BIT_ORDER
 DEFAULT_REALIZATION = "unpack"
 # Without a measurement, M up to this runs the GEMV (it won every measured shape at M = 1-2 on an H200,
 # 2026-11-21; at M = 4 it won 4 of 8 points, by at most 6%: docs/bitplane.md).
@@ -58,7 +58,7 @@ UNPACK_MAX_GROUPS = 8
 # slices of a K tile; a slice is one group, or PC_SLICE columns of the per-channel group.
 GEMV_MAX_BM = 4
 GEMV_MAX_M = 4  # the GEMV is a candidate up to this M (beyond, it re-reads the weight per 4 tokens)
-GEMV_MAX_SLICES = 8
+GEMV_MAX_SLICES = 32  # a K tile may span all of K = 4096 at g128 (whole-K programs, no split-K)
 GEMV_PC_SLICE = 128  # = PC_SLICE of the template
 FLOAT_OUT = ("bfloat16", "float16", "float32")
 
@@ -139,10 +139,10 @@ def _sm_count() -> int:
     return 132  # an H100, so CPU-side choices match what the GPU would get
 
 
-def _split_for(tiles: int, k_tiles: int, per_sm: int = 2, min_k_tiles: int = 4) -> int:
+def _split_for(tiles: int, k_tiles: int, per_sm: int = 2, min_k_tiles: int = 4, max_split: int = 16) -> int:
     """Smallest split-K giving >= per_sm programs per SM while each split keeps >= min_k_tiles K tiles."""
     split, sms = 1, _sm_count()
-    while tiles * split < per_sm * sms and k_tiles // (split * 2) >= min_k_tiles and split < 16:
+    while tiles * split < per_sm * sms and k_tiles // (split * 2) >= min_k_tiles and split < max_split:
         split *= 2
     return split
 
@@ -151,27 +151,34 @@ def _bk(spec: KernelSpec, per_channel: int) -> int:
     return spec.group_size or per_channel
 
 
-def gemv_config(spec: KernelSpec, m: int, n: int, k: int, rows: int | None = None, warps: int = 1, slices: int = 2,
-                per_sm: int = 8) -> TileConfig:
-    """A GEMV tile: BM = M's bucket (at most GEMV_MAX_BM); BN = rows * 32 * warps channels, so each
-    thread holds `rows` rows and shares its x registers among them (default 4 rows up to 2 tokens,
-    2 beyond: the plane and x registers of more spill on an H200 build); BK = `slices` slices; the
-    split-K that gives `per_sm` programs per SM (one K tile per split at least): programs of one or two
-    warps at ~240 registers, so 8 of them are about what an SM holds at once."""
+def gemv_config(spec: KernelSpec, m: int, n: int, k: int, bn: int = 16, slices: int = 8, warps: int = 4,
+                warps_per_sm: int = 32) -> TileConfig:
+    """A GEMV tile: BM = M's bucket (at most GEMV_MAX_BM) tokens, BN channels, BK = `slices` slices of
+    K, `warps` warps that Triton spreads over the [BN, BK/32] plane words of a tile (16-byte pieces
+    along K); the split-K (up to 32) that puts about `warps_per_sm` warps on every SM. The kernel
+    waits on memory (Nsight Compute on an H200, 2026-11-21: long-scoreboard stalls dominate), so the
+    default is the W4A8 GEMV's shape: few rows, long K tiles (each thread keeps ~64 bytes of every
+    plane in flight per tile), whole-K programs where the grid is large enough."""
     bm = min(GEMV_MAX_BM, m_bucket(m))
-    rows = rows or (4 if bm <= 2 else 2)
-    bn, bk = rows * 32 * warps, (spec.group_size or GEMV_PC_SLICE) * slices
-    split = _split_for(-(-m // bm) * -(-n // bn), -(-k // bk), per_sm=per_sm, min_k_tiles=1)
+    slice_ = spec.group_size or GEMV_PC_SLICE
+    whole_k = 1 << max(0, (-(-k // slice_) - 1).bit_length())  # slices covering K, a power of two
+    bk = slice_ * min(slices, GEMV_MAX_SLICES, whole_k)
+    per_sm = max(1, warps_per_sm // warps)
+    split = _split_for(-(-m // bm) * -(-n // bn), -(-k // bk), per_sm=per_sm, min_k_tiles=1, max_split=32)
     return check_config(spec, "gemv", TileConfig(bm, bn, bk, split, warps, 1))
 
 
+def gemv_words_per_thread(cfg: TileConfig) -> int:
+    """Plane words of one plane each thread holds per K tile (BN x BK/32 spread over the threads)."""
+    return max(1, cfg.BN * (cfg.BK // 32) // (32 * cfg.num_warps))
+
+
 def gemv_fits_registers(cfg: TileConfig) -> bool:
-    """Whether a GEMV tile stays within 255 registers without spilling (sm_90 builds, 2026-11-21:
-    4 rows x 2 slices x 1-2 tokens and 2 rows x 2 slices x 4 tokens fit; 4 rows x 4 slices or
-    4 rows x 4 tokens spill)."""
-    rows = cfg.BN // (32 * cfg.num_warps)
-    slices = max(1, cfg.BK // 128)
-    return rows * slices <= 8 and rows * cfg.BM <= 8 and rows * slices * cfg.BM <= 16
+    """Whether a GEMV tile stays within 255 registers (sm_90 builds of the lane-order kernel,
+    2026-11-21: eight registers q_i per word plus the x words per token; 8 words x 1 token 64-72
+    registers, 16 words x 1 token 128, 16 words x 4 tokens 130-186)."""
+    words = gemv_words_per_thread(cfg)
+    return words <= 16 and words * cfg.BM <= 64
 
 
 def default_config(spec: KernelSpec, realization: str, m: int, n: int, k: int) -> TileConfig:
@@ -211,13 +218,14 @@ def candidate_configs(spec: KernelSpec, realization: str, m: int, n: int, k: int
     if realization == "gemv":
         if m > GEMV_MAX_M:
             return []
-        # Rows per thread 1-4 (x shared by more rows vs fewer registers), 1-2 warps, K tiles of 1-4
-        # slices, 4 or 8 programs per SM; tiles that would spill are left out.
-        out += [gemv_config(spec, m, n, k, rows, warps, slices, per_sm)
-                for rows, warps, slices, per_sm in ((2, 1, 2, 8), (4, 2, 2, 4), (2, 2, 2, 4), (1, 1, 2, 8),
-                                                    (4, 1, 1, 16), (4, 1, 2, 4), (2, 1, 4, 8), (1, 1, 1, 16),
-                                                    (2, 1, 1, 16))]
-        return _valid(spec, realization, [c for c in out if gemv_fits_registers(c)], 7)
+        # Few rows x long K tiles (the W4A8 GEMV's shape, whole K where the grid allows) and many rows x
+        # short K tiles (one row per thread), 2-8 warps, 16-32 warps per SM; tiles that would not fit
+        # the registers are left out. Slices are 128 columns at g128 and per channel.
+        sl = 128 // (spec.group_size or GEMV_PC_SLICE) if (spec.group_size or GEMV_PC_SLICE) < 128 else 1
+        out += [gemv_config(spec, m, n, k, bn, slices * sl, warps, per_sm)
+                for bn, slices, warps, per_sm in ((16, 16, 4, 32), (32, 8, 4, 32), (8, 32, 8, 32), (16, 32, 8, 32),
+                                                  (128, 2, 4, 32), (256, 2, 8, 32), (64, 2, 2, 32), (16, 8, 4, 16))]
+        return _valid(spec, realization, [c for c in out if gemv_fits_registers(c)], 9)
     if realization == "binary":
         bm = min(16, m_bucket(m))
         for tile_m in (bm, max(1, bm // 2)):
@@ -492,8 +500,8 @@ def _launch(cache: KernelCache, spec: KernelSpec, cfg: TileConfig, x2, sx, weigh
 def _launch_gemv(loaded, spec: KernelSpec, cfg: TileConfig, grid, x2, sx, weight, bias_arg, has_bias, out, ws, tickets,
                  m: int, n: int, k: int, kw: int) -> None:
     """The GEMV's arguments: the plane row length in words (kw // 32, so that Triton sees its
-    divisibility and loads 16 bytes at a time) and whether x can be read as int32 words."""
-    x_words = k % 4 == 0 and x2.stride(0) % 4 == 0 and x2.data_ptr() % 4 == 0
+    divisibility and loads 16 bytes at a time) and whether x can be read as int64 words."""
+    x_words = k % 8 == 0 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 8 == 0
     try:
         loaded.kernel[grid](
             x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, kw // 32, x2.stride(0),

@@ -3,9 +3,12 @@
 ABQ-LLM's decomposition as written, with CUDA-core popcounts standing in for sm80's binary MMA
 (`mma .b1 .and.popc`, which Hopper does not expose to Triton):
     part[n, m] = sum_j sum_i w_j * a_i * popcount(W_j[n, words] & X_i[m, words])  -  zs[n, g] * sum_k x[m, k]
-The weight planes W_j are read as stored (uint32 words, 32 K positions each); the activation planes
-X_i are cut from the int8 activation tile in registers (x >> i & 1, the sign plane weighted
--2**(A_BITS-1)) and packed 32 per word, once per tile and shared by the BN weight rows. Each
+The weight planes W_j are read as stored (uint32 words, 32 K positions each, plane j in lane order
+rotated left by j: lowc.quant.bitplane) and turned back by j (one funnel shift per word); the
+activation planes X_i are cut from the int8 activation tile in registers (x >> i & 1, the sign
+plane weighted -2**(A_BITS-1)) and packed 32 per word in lane order (column 4i + r at bit 8r + i),
+once per tile and shared by the BN weight rows. A popcount does not care which bit holds which
+column, only that both operands agree. Each
 popcount covers 32 products, so at decode sizes this path issues far fewer instructions per weight
 than unpacking to INT8; its cost grows with W_BITS * A_BITS * BM, so the selector
 (lowc.runtime.bitplane_gemm) measures where it wins. No tensor core is used: BM may be 1..16.
@@ -36,7 +39,8 @@ def binary_part(x, planes_ptr, rn_ld, wk, N, KW32, EVEN_K: tl.constexpr, INTERPR
     """sum_j sum_i w_j a_i popcount(W_j & X_i) over one tile -> int32 [BN, BM]."""
     A_P2: tl.constexpr = 4 if A_BITS == 4 else 8  # plane axis padded to a power of two (weight 0)
     ia = tl.arange(0, A_P2)
-    shifts = tl.arange(0, 32).to(tl.uint32)
+    c = tl.arange(0, 32)
+    shifts = (8 * (c % 4) + c // 4).to(tl.uint32)  # lane order: column c = 4i + r at bit 8r + i
     bits = ((x.to(tl.int32)[None, :, :] >> ia[:, None, None]) & 1).to(tl.uint32)  # [A_P2, BM, BK]
     x_words = tl.sum(bits.reshape(A_P2, BM, BK // 32, 32) << shifts[None, None, None, :], axis=3)
     a_weight = tl.where(ia < A_BITS - 1, 1 << ia, tl.where(ia == A_BITS - 1, -(1 << ia), 0))
@@ -47,6 +51,8 @@ def binary_part(x, planes_ptr, rn_ld, wk, N, KW32, EVEN_K: tl.constexpr, INTERPR
             words = tl.load(ptrs)
         else:
             words = tl.load(ptrs, mask=wk[None, :] < KW32, other=0)
+        if j > 0:
+            words = (words >> j) | (words << (32 - j))  # stored rotated left by j: back to lane order
         counts = tl.sum(popcount(words[None, :, None, :] & x_words[:, None, :, :], INTERPRETED), axis=3)
         t = tl.sum(counts * a_weight[:, None, None], axis=0)  # [BN, BM]
         if j == W_BITS - 1:

@@ -11,28 +11,30 @@ reference does. Per channel (GROUP_SIZE == 0): one INT32 accumulator over all of
 the epilogue. RAW_ACCUMULATOR: store the exact per-group INT32 parts, out[m, g, n] (the exactness test).
 W_AS_B: tokens on the MMA's A side and the weight on its B side (acc[m, n] = x . w8^T), turned once
 after the K loop; with 16-32 tokens Triton then emits mma.sync with both operands in registers.
-Weights: planes uint32 [W_BITS, N, KW/32] (plane-major, bit k % 32 of word k // 32 = column k),
-scale fp16 [N, NG], zero int8 [N, NG] (lowc.quant.bitplane.BitplaneWeight, read as stored).
+Weights: planes uint32 [W_BITS, N, KW/32] (plane-major; column 4i + r of a 32-column word at bit
+(8r + i + j) mod 32 of plane j), scale fp16 [N, NG], zero int8 [N, NG]
+(lowc.quant.bitplane.BitplaneWeight, read as stored).
 
 Recombination, SIMD within a register (the same integer code on the GPU and under TRITON_INTERPRET).
-A plane byte holds columns 8b..8b+7 (little-endian words); it is split into two nibbles, and
-nibble * (0x00204081 << j) moves nibble bit i to bit 8i + j (the four shifted copies of a 4-bit
-value never overlap, so nothing carries; the stray copies fall outside the mask 0x01010101 << j).
-OR-ing the planes' masked bits gives four byte lanes of
+The stored order is chosen for it: register i (i = 0..7) of a 32-column plane word is
+    t_i = OR_j (word_j & (0x01010101 << ((i + j) % 8))),   q_i = t_i rotated right by i
+(one masked OR per plane and register, one funnel shift per register), whose byte lane r is bit j
+of column 4i + r for every plane j: four byte lanes of
     q = v + 2**(P-1) in 0 .. 2**P - 1      (offset binary: the sign plane's bit is complemented),
-P = W_BITS. For P <= 7 the zero is folded in there (as the W4A8 kernel does):
+P = W_BITS, for columns 4i..4i+3 in natural order. For P <= 7 the zero is folded in there (as the
+W4A8 kernel does):
     lane = q + (128 - 2**(P-1) - zs) = (v - zs) + 128,   v - zs in -(2**P - 1) .. 2**P - 1,
 so every lane lies in 1..255 and adding the same constant to all four lanes never carries; XOR
 0x80808080 turns each lane into the int8 byte of v - zs, and the dot gives part directly (no row
 sum of x per group). For P = 8 the eight bits already are v's two's-complement byte, and part is
-corrected by zs * sum_k x. `unpack_byte_lanes` (common.py) then views the lanes as int8 K values.
+corrected by zs * sum_k x. The eight registers of each word are joined in order (register i =
+K values 4i..4i+3) and `unpack_byte_lanes` (common.py) views the lanes as int8 K values.
 """
 # --- template body ---
 
 # The values an unsigned 32-bit register of four byte lanes needs (uint32, so no constant is read as
 # a negative or a 64-bit integer).
 LANE_ONES = tl.constexpr(0x01010101)  # bit 0 of every lane
-NIBBLE_SPREAD = tl.constexpr(0x00204081)  # nibble bit i -> bit 8i (times 1 + 2^7 + 2^14 + 2^21)
 FOLD_ZERO = tl.constexpr(W_BITS.value <= 7)  # the zero fits the lanes (v - zs in -127..127)
 ZERO_BASE = tl.constexpr(128 - 2 ** (W_BITS.value - 1))  # lane = q + ZERO_BASE - zs = v - zs + 128
 
@@ -46,38 +48,72 @@ def load_x_tile(x_ptr, rm_ld, k, K, stride_xm, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def plane_nibbles(planes_ptr, j, rn_ld, g, N, KWB, EVEN_K: tl.constexpr, BN: tl.constexpr, G: tl.constexpr):
-    """uint32 [BN, G // 4]: bits 4c..4c+3 of K slice g (G values) of plane j, in natural K order.
-    The plane row is read as bytes (little-endian: byte b = columns 8b..8b+7); each byte is split
-    into its low (8b..8b+3) and high (8b+4..8b+7) nibble, a register relabelling since each thread
-    holds both nibbles of its bytes."""
-    rb = g * (G // 8) + tl.arange(0, G // 8)
-    ptrs = planes_ptr.to(tl.pointer_type(tl.uint8)) + j * N * KWB + rn_ld[:, None] * KWB + rb[None, :]
+def plane_words(planes_ptr, j, rn_ld, g, N, KW32, EVEN_K: tl.constexpr, BN: tl.constexpr, G: tl.constexpr):
+    """uint32 [BN, G // 32]: the words of K slice g (G values) of plane j, as stored."""
+    rw = g * (G // 32) + tl.arange(0, G // 32)
+    ptrs = planes_ptr + j * N * KW32 + rn_ld[:, None] * KW32 + rw[None, :]
     if EVEN_K:
-        b = tl.load(ptrs)
-    else:
-        b = tl.load(ptrs, mask=rb[None, :] < KWB, other=0)
-    b = b.to(tl.uint32)
-    return tl.join(b & 0xF, b >> 4).reshape(BN, G // 4)
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=rw[None, :] < KW32, other=0)
 
 
 @triton.jit
-def recombine_slice(planes_ptr, zero, rn_ld, g, N, KWB, EVEN_K: tl.constexpr, BN: tl.constexpr, G: tl.constexpr):
+def lane_mask(i: tl.constexpr, j: tl.constexpr):
+    """uint32 [1, 1]: plane j's bits of register i in a stored word (bit (i + j) % 8 of every lane)."""
+    return tl.full((1, 1), LANE_ONES, tl.uint32) << ((i + j) % 8)
+
+
+@triton.jit
+def register_lanes(t, i: tl.constexpr, c, FOLD: tl.constexpr):
+    """Register i from its masked bits t: rotated right by i (bit j of each lane), then, with the
+    zero folded (c = 128 - 2^(P-1) - zs per row), (q + c) ^ 0x80 per lane = the int8 byte of v - zs."""
+    if i > 0:
+        t = (t >> i) | (t << (32 - i))
+    if FOLD:
+        t = (t + c) ^ (tl.full((1, 1), LANE_ONES, tl.uint32) << 7)
+    return t
+
+
+@triton.jit
+def recombine_slice(planes_ptr, zero, rn_ld, g, N, KW32, EVEN_K: tl.constexpr, BN: tl.constexpr, G: tl.constexpr):
     """int8 w8 [BN, G] of K slice g, four K values per 32-bit register (module docstring):
     w8 = v - zs when FOLD_ZERO (zero: int32 [BN], the slice's zs), else w8 = v (8 planes)."""
-    ones = tl.full((1, 1), LANE_ONES, tl.uint32)
-    spread = tl.full((1, 1), NIBBLE_SPREAD, tl.uint32)
-    q = tl.zeros((BN, G // 4), dtype=tl.uint32)
+    t0 = tl.zeros((BN, G // 32), dtype=tl.uint32)
+    t1 = tl.zeros((BN, G // 32), dtype=tl.uint32)
+    t2 = tl.zeros((BN, G // 32), dtype=tl.uint32)
+    t3 = tl.zeros((BN, G // 32), dtype=tl.uint32)
+    t4 = tl.zeros((BN, G // 32), dtype=tl.uint32)
+    t5 = tl.zeros((BN, G // 32), dtype=tl.uint32)
+    t6 = tl.zeros((BN, G // 32), dtype=tl.uint32)
+    t7 = tl.zeros((BN, G // 32), dtype=tl.uint32)
     for j in tl.static_range(W_BITS):
-        t = plane_nibbles(planes_ptr, j, rn_ld, g, N, KWB, EVEN_K, BN, G) * (spread << j)
+        w = plane_words(planes_ptr, j, rn_ld, g, N, KW32, EVEN_K, BN, G)
         if FOLD_ZERO and j == W_BITS - 1:
-            t = ~t  # offset binary: q's top bit is the complement of the sign plane's
-        q = q | (t & (ones << j))
+            w = ~w  # offset binary: q's top bit is the complement of the sign plane's
+        t0 |= w & lane_mask(0, j)
+        t1 |= w & lane_mask(1, j)
+        t2 |= w & lane_mask(2, j)
+        t3 |= w & lane_mask(3, j)
+        t4 |= w & lane_mask(4, j)
+        t5 |= w & lane_mask(5, j)
+        t6 |= w & lane_mask(6, j)
+        t7 |= w & lane_mask(7, j)
     if FOLD_ZERO:
         # lane = q + 128 - 2^(P-1) - zs = w8 + 128 in 1..255: no lane carries; ^ 0x80 makes it int8 w8.
-        c = (tl.full((BN,), ZERO_BASE, tl.int32) - zero).to(tl.uint32)
-        q = (q + c[:, None] * ones) ^ (ones << 7)
-    return unpack_byte_lanes(q.to(tl.int32, bitcast=True), BN, G)
+        c = ((tl.full((BN,), ZERO_BASE, tl.int32) - zero).to(tl.uint32) * LANE_ONES)[:, None]
+    else:
+        c = tl.zeros((BN, 1), dtype=tl.uint32)
+    r0 = register_lanes(t0, 0, c, FOLD_ZERO)
+    r1 = register_lanes(t1, 1, c, FOLD_ZERO)
+    r2 = register_lanes(t2, 2, c, FOLD_ZERO)
+    r3 = register_lanes(t3, 3, c, FOLD_ZERO)
+    r4 = register_lanes(t4, 4, c, FOLD_ZERO)
+    r5 = register_lanes(t5, 5, c, FOLD_ZERO)
+    r6 = register_lanes(t6, 6, c, FOLD_ZERO)
+    r7 = register_lanes(t7, 7, c, FOLD_ZERO)
+    # Natural K order: flat index 4a + 2b + c of the joined [.., 2, 2, 2] is register 4a + 2b + c.
+    r = tl.join(tl.join(tl.join(r0, r4), tl.join(r2, r6)), tl.join(tl.join(r1, r5), tl.join(r3, r7)))
+    return unpack_byte_lanes(r.reshape(BN, G // 4).to(tl.int32, bitcast=True), BN, G)
 
 
 @triton.jit
@@ -137,6 +173,7 @@ def qlinear_kernel(
     rn_ld = rn % N
     rm_ld = rm % M
     rg = tl.arange(0, G)
+    KW32 = KWB // 4  # plane row in words; KWB (bytes) comes from the host with its divisibility
     if GROUP_SIZE > 0:
         NG = KW // GROUP_SIZE
     else:
@@ -161,7 +198,7 @@ def qlinear_kernel(
             x = load_x_tile(x_ptr, rm_ld, g * G + rg, K, stride_xm, EVEN_K)
             if GROUP_SIZE > 0:
                 zs = tl.load(zero_ptr + rn_ld * NG + g, mask=(rn_ld * 0 + g) < NG, other=0).to(tl.int32)
-            w8 = recombine_slice(planes_ptr, zs, rn_ld, g, N, KWB, EVEN_K, BN, G)
+            w8 = recombine_slice(planes_ptr, zs, rn_ld, g, N, KW32, EVEN_K, BN, G)
             if GROUP_SIZE > 0:
                 if W_AS_B:
                     part = tl.dot(x, tl.trans(w8), out_dtype=tl.int32)

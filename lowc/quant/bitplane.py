@@ -17,9 +17,15 @@ Storage is signed: with P = ceil(log2 L) planes (N, or 3 for `_bb`: 5 levels nee
 so v fits int8 for every P <= 8 (an INT8 MMA can consume it directly), and its planes are the two's
 complement bits, the sign plane weighted negatively:
     v = sum_{j < P-1} 2**j * b_j  -  2**(P-1) * b_{P-1}          (plane weights 1, 2, ..., -2**(P-1))
-Plane packing: planes uint32 [P, N, Kp/32]; word w of row n of plane j holds k = 32w .. 32w+31,
-bit (k % 32) = b_j[n, k] (least significant bit = lowest k). Kp = K padded to the group (pc: to 32);
-padded columns hold v = zs (w' = 0 exactly) and the activation is zero there.
+Plane packing: planes uint32 [P, N, Kp/32]; word w of row n of plane j holds k = 32w .. 32w+31 in
+"lane order rotated by j": with c = k % 32 = 4i + r (i = 0..7, r = 0..3),
+    bit (8r + i + j) mod 32 of the word = b_j[n, k]        (`plane_bit_positions`)
+Unrotated (j = 0), byte lane r of `(word >> i) & 0x01010101` is column 4i + r, so the eight registers
+i of a word hold the 32 columns as natural int8 words of x (register i = columns 4i..4i+3). Rotating
+plane j by j puts its bit at bit j of those lanes already: one mask-and-or per plane and register and
+one rotation per register give four byte lanes of P-bit codes (the kernels' recombination). Kp = K
+padded to the group (pc: to 32); padded columns hold v = zs (w' = 0 exactly) and the activation is
+zero there.
 
 Activations: symmetric INT{M} per token (lowc.quant.activations, kind ACT_INT_TOKEN), qmax =
 2**(M-1) - 1, values in int8; their planes follow the same two's complement rule with M planes.
@@ -54,7 +60,8 @@ FAMILY_PLANES = "bitplane"
 FORMS = {"int": FAMILY_INT, "bp": FAMILY_PLANES}
 NAME_FORMS = "w{N}a{M}_g{G}[_bb]_int, w{N}a{M}_pc[_bb]_int, w{N}a{M}_g{G}[_bb]_bp, w{N}a{M}_pc[_bb]_bp"
 _NAME = r"w(?P<w>\d+)a(?P<a>\d+)_(?:g(?P<g>\d+)|pc)(?P<bb>_bb)?_(?P<form>int|bp)"
-BIT_ORDER = "plane-major uint32 [P, N, Kp/32]; bit (k % 32) of word k // 32 is column k (LSB = lowest k)"
+BIT_ORDER = ("plane-major uint32 [P, N, Kp/32]; word k // 32, column c = k % 32 = 4i + r (i < 8, r < 4) "
+             "at bit (8r + i + j) mod 32 of plane j (lane order, rotated left by j)")
 
 
 @dataclass(frozen=True)
@@ -156,39 +163,53 @@ register_format_family(_NAME, _build, NAME_FORMS)
 # -- plane packing ---------------------------------------------------------------------------------------
 
 
-def pack_planes(values: torch.Tensor, p: int) -> torch.Tensor:
-    """Signed p-bit integers [..., K] (K a multiple of 32) -> planes uint32 [p, ..., K/32]."""
+def plane_bit_positions(j: int, device=None) -> torch.Tensor:
+    """int64 [32]: the bit of a plane-j word that holds column c (c = 4i + r -> (8r + i + j) mod 32)."""
+    c = torch.arange(32, dtype=torch.int64, device=device)
+    return (8 * (c % 4) + c // 4 + j) % 32
+
+
+def pack_planes(values: torch.Tensor, p: int, rotate: bool = True) -> torch.Tensor:
+    """Signed p-bit integers [..., K] (K a multiple of 32) -> planes uint32 [p, ..., K/32] in the
+    stored bit order (module docstring); rotate=False leaves every plane in lane order (j = 0), the
+    order the binary kernel packs activation planes in."""
     if values.shape[-1] % 32:
         raise QuantizationError(f"pack_planes needs K a multiple of 32, got {values.shape[-1]}; pad K first")
     v = values.to(torch.int64)
     lo, hi = -(2 ** (p - 1)), 2 ** (p - 1) - 1
     if v.numel() and (int(v.min()) < lo or int(v.max()) > hi):
         raise QuantizationError(f"pack_planes: values outside the signed {p}-bit range {lo}..{hi}")
-    shifts = torch.arange(32, dtype=torch.int64, device=v.device)
     words = []
     for j in range(p):
         bits = ((v >> j) & 1).unflatten(-1, (-1, 32))
-        words.append((bits << shifts).sum(-1))
+        words.append((bits << plane_bit_positions(j if rotate else 0, v.device)).sum(-1))
     w = torch.stack(words)  # 0 .. 2**32 - 1 in int64: through the int32 with the same bits
     return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32).view(torch.uint32)
 
 
-def unpack_planes(planes: torch.Tensor, dtype: torch.dtype = torch.int16) -> torch.Tensor:
+def unpack_planes(planes: torch.Tensor, dtype: torch.dtype = torch.int16, rotated: bool = True) -> torch.Tensor:
     """Inverse of pack_planes: uint32 [p, ..., W] -> [..., 32 W] (plane weights applied) in `dtype`."""
     if planes.dtype != torch.uint32:
         raise QuantizationError(f"bit planes must be uint32, got {planes.dtype}")
     words = planes.view(torch.int32)  # the same bits; `>> s & 1` reads bit s whatever the sign
-    shifts = torch.arange(32, dtype=torch.int32, device=planes.device)
     out = None
     for j, weight in enumerate(plane_weights(planes.shape[0])):
+        shifts = plane_bit_positions(j if rotated else 0, planes.device).to(torch.int32)
         bits = ((words[j][..., None] >> shifts) & 1).flatten(-2).to(dtype)
         out = bits * weight if out is None else out.add_(bits, alpha=weight)
     return out
 
 
+def rotate_right(words: torch.Tensor, s: int) -> torch.Tensor:
+    """32-bit words held in int64 (0 .. 2**32 - 1), rotated right by s bits."""
+    s %= 32
+    return ((words >> s) | (words << (32 - s))) & 0xFFFFFFFF if s else words
+
+
 def activation_planes(x: torch.Tensor, a_bits: int, kp: int) -> torch.Tensor:
-    """int8 activations [M, K] within INT{a_bits} -> planes uint32 [a_bits, M, kp/32] (zero padded)."""
-    return pack_planes(pad_last_dim(x, kp), a_bits)
+    """int8 activations [M, K] within INT{a_bits} -> planes uint32 [a_bits, M, kp/32] (zero padded), every
+    plane in lane order (unrotated): the binary kernel turns weight plane j back by j before the AND."""
+    return pack_planes(pad_last_dim(x, kp), a_bits, rotate=False)
 
 
 def popcount32(words: torch.Tensor) -> torch.Tensor:
@@ -436,7 +457,8 @@ class BitplaneWeight(_BitplaneWeight):
         m, kp = x2.shape
         gl = self.spec.group_len(self.in_features)
         xp = activation_planes(x2, self.spec.act_bits, kp).to(torch.int64)  # [A, M, W]
-        wp = self.planes.to(torch.int64)  # [P, N, W]
+        wp = self.planes.to(torch.int64)  # [P, N, W], plane j rotated left by j: turn it back
+        wp = torch.stack([rotate_right(wp[j], j) for j in range(wp.shape[0])])
         acc = torch.zeros(m, kp // gl, wp.shape[1], dtype=torch.int64)
         for i, a_i in enumerate(self.spec.act_plane_weights):
             for j, w_j in enumerate(self.spec.plane_weights):

@@ -101,16 +101,37 @@ def test_pack_unpack_round_trip(p, rows, words, seed):
     assert torch.equal(unpack_planes(planes).to(torch.int64), v)
 
 
-def test_bit_order_is_lsb_first_along_k_and_sign_plane_negative():
+def test_bit_order_is_rotated_lane_order_and_sign_plane_negative():
     v = torch.zeros(1, 64, dtype=torch.int64)
-    v[0, 0] = 1  # plane 0, word 0, bit 0
-    v[0, 33] = 2  # plane 1, word 1, bit 1
-    v[0, 31] = -4  # 3-bit: only the sign plane, word 0, bit 31
+    v[0, 0] = 1  # column 0 = 4*0 + 0: plane 0, word 0, bit 0
+    v[0, 33] = 2  # column 1 of word 1 = 4*0 + 1: plane 1, bit 8*1 + 0 + 1
+    v[0, 31] = -4  # 3-bit: only the sign plane (j = 2); column 31 = 4*7 + 3: bit (24 + 7 + 2) mod 32
     planes = pack_planes(v, 3).to(torch.int64)
     assert planes[0, 0].tolist() == [1, 0]
-    assert planes[1, 0].tolist() == [0, 2]
-    assert planes[2, 0].tolist() == [2**31, 0]
+    assert planes[1, 0].tolist() == [0, 2**9]
+    assert planes[2, 0].tolist() == [2**1, 0]
     assert plane_weights(3) == (1, 2, -4) and plane_weights(8)[-1] == -128
+    # Unrotated (activation planes of the binary kernel): column 31 of plane 2 at bit 8*3 + 7.
+    assert pack_planes(v, 3, rotate=False).to(torch.int64)[2, 0].tolist() == [2**31, 0]
+
+
+@FAST
+@given(p=st.integers(2, 8), seed=st.integers(0, 2**16))
+def test_register_recombination_of_the_stored_order(p, seed):
+    """What every kernel does with a 32-column plane word: register i = OR over planes j of
+    (word_j & (0x01010101 << ((i + j) % 8))), rotated right by i, holds four byte lanes of
+    q = v + 2**(p-1) (sign plane complemented) for columns 4i .. 4i+3, in order."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randint(-(2 ** (p - 1)), 2 ** (p - 1), (1, 32), generator=g, dtype=torch.int64)
+    words = [int(w) for w in pack_planes(v, p).to(torch.int64)[:, 0, 0]]
+    q = (v[0] + 2 ** (p - 1)).tolist()
+    for i in range(8):
+        reg = 0
+        for j, w in enumerate(words):
+            w = w ^ 0xFFFFFFFF if j == p - 1 else w
+            reg |= w & (0x01010101 << ((i + j) % 8))
+        reg = ((reg >> i) | (reg << (32 - i))) & 0xFFFFFFFF if i else reg
+        assert [(reg >> (8 * r)) & 0xFF for r in range(4)] == q[4 * i: 4 * i + 4]
 
 
 def test_pack_rejects_out_of_range_and_ragged_k():
@@ -244,7 +265,7 @@ def test_activation_planes_recombine_to_x():
     x = torch.randint(-32, 32, (3, 70), dtype=torch.int8)
     planes = activation_planes(x, 6, 96)
     assert planes.shape == (6, 3, 3)
-    back = unpack_planes(planes)
+    back = unpack_planes(planes, rotated=False)
     assert torch.equal(back[:, :70], x.to(torch.int16)) and int(back[:, 70:].abs().sum()) == 0
 
 
