@@ -151,14 +151,15 @@ def _bk(spec: KernelSpec, per_channel: int) -> int:
     return spec.group_size or per_channel
 
 
-def gemv_config(spec: KernelSpec, m: int, n: int, k: int, bn: int = 16, slices: int = 8, warps: int = 4,
+def gemv_config(spec: KernelSpec, m: int, n: int, k: int, bn: int = 16, slices: int = 16, warps: int = 4,
                 warps_per_sm: int = 32) -> TileConfig:
     """A GEMV tile: BM = M's bucket (at most GEMV_MAX_BM) tokens, BN channels, BK = `slices` slices of
     K, `warps` warps that Triton spreads over the [BN, BK/32] plane words of a tile (16-byte pieces
     along K); the split-K (up to 32) that puts about `warps_per_sm` warps on every SM. The kernel
     waits on memory (Nsight Compute on an H200, 2026-11-21: long-scoreboard stalls dominate), so the
-    default is the W4A8 GEMV's shape: few rows, long K tiles (each thread keeps ~64 bytes of every
-    plane in flight per tile), whole-K programs where the grid is large enough."""
+    default is the W4A8 GEMV's shape: few rows, long K tiles (each thread keeps 16 words of every
+    plane in flight per tile), whole-K programs where the grid is large enough; BN 16 x BK 2048 won
+    most M = 1 points of the H200 sweep (docs/bitplane.md, fifth round)."""
     bm = min(GEMV_MAX_BM, m_bucket(m))
     slice_ = spec.group_size or GEMV_PC_SLICE
     whole_k = 1 << max(0, (-(-k // slice_) - 1).bit_length())  # slices covering K, a power of two
@@ -220,10 +221,10 @@ def candidate_configs(spec: KernelSpec, realization: str, m: int, n: int, k: int
             return []
         # Few rows x long K tiles (the W4A8 GEMV's shape, whole K where the grid allows) and many rows x
         # short K tiles (one row per thread), 2-8 warps, 16-32 warps per SM; tiles that would not fit
-        # the registers are left out. Slices are 128 columns at g128 and per channel.
-        sl = 128 // (spec.group_size or GEMV_PC_SLICE) if (spec.group_size or GEMV_PC_SLICE) < 128 else 1
+        # the registers are left out. Slice counts are for 128-column slices (g128, per channel).
+        sl = max(1, 128 // (spec.group_size or GEMV_PC_SLICE))
         out += [gemv_config(spec, m, n, k, bn, slices * sl, warps, per_sm)
-                for bn, slices, warps, per_sm in ((16, 16, 4, 32), (32, 8, 4, 32), (8, 32, 8, 32), (16, 32, 8, 32),
+                for bn, slices, warps, per_sm in ((16, 8, 4, 32), (32, 8, 4, 32), (8, 32, 8, 32), (16, 32, 8, 32),
                                                   (128, 2, 4, 32), (256, 2, 8, 32), (64, 2, 2, 32), (16, 8, 4, 16))]
         return _valid(spec, realization, [c for c in out if gemv_fits_registers(c)], 9)
     if realization == "binary":

@@ -179,7 +179,7 @@ def test_selector_rule_without_measurement(tmp_path):
     """Decode (M <= 2) runs the GEMV, larger M the unpack tiles."""
     sel = bg.RealizationSelector(tmp_path, policy="miss", shipped_dir=tmp_path / "none")
     r, cfg = sel.choose("w3a8_g128_bp", "bfloat16", 1, 4096, 4096, "cpu")
-    assert r == "gemv" and cfg.BM == 1 and cfg.BK == 1024 and cfg.BN == 16 and cfg.SPLIT_K > 1 and bg.gemv_fits_registers(cfg)
+    assert r == "gemv" and cfg.BM == 1 and cfg.BK == 2048 and cfg.BN == 16 and cfg.SPLIT_K > 1 and bg.gemv_fits_registers(cfg)
     r, cfg = sel.choose("w3a8_g128_bp", "bfloat16", 4, 4096, 4096, "cpu")
     assert r == "unpack" and cfg.BK == 128 and cfg.BM == 16 and cfg.SPLIT_K > 1
     r, cfg = sel.choose("w6a6_pc_bp", "bfloat16", 4096, 4096, 4096, "cpu")
