@@ -258,3 +258,29 @@ def dot8_u4_i8(lo, hi, xe, xo, FAST: tl.constexpr):
         )
     else:
         return _dp4a_emulated(lo, xe) + _dp4a_emulated(hi, xo)
+
+
+@triton.jit
+def plane_lane_mask(i: tl.constexpr, j: tl.constexpr):
+    """uint32 [1, 1]: where plane j's bits of register i lie in a stored bit-plane word (lowc.quant.bitplane:
+    bit (i + j) % 8 of every byte lane, i.e. 0x01010101 rotated left by i + j, which repeats every 8 bits)."""
+    return tl.full((1, 1), 0x01010101, tl.uint32) << ((i + j) % 8)
+
+
+@triton.jit
+def or_plane_registers(t0, t1, t2, t3, t4, t5, t6, t7, words, j: tl.constexpr):
+    """The eight registers of a 32-column block with plane j's bits OR-ed in (one LOP3 each)."""
+    return (t0 | (words & plane_lane_mask(0, j)), t1 | (words & plane_lane_mask(1, j)),
+            t2 | (words & plane_lane_mask(2, j)), t3 | (words & plane_lane_mask(3, j)),
+            t4 | (words & plane_lane_mask(4, j)), t5 | (words & plane_lane_mask(5, j)),
+            t6 | (words & plane_lane_mask(6, j)), t7 | (words & plane_lane_mask(7, j)))
+
+
+@triton.jit
+def rotate_right(t, i: tl.constexpr):
+    """uint32 t rotated right by the constant i (one funnel shift on the GPU): register i of a bit-plane
+    block, from bit i + j to bit j of its byte lanes."""
+    if i == 0:
+        return t
+    else:
+        return (t >> i) | (t << (32 - i))

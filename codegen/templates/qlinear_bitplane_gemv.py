@@ -40,22 +40,6 @@ PC_SLICE = tl.constexpr(128)  # columns per slice of the single per-channel grou
 
 
 @triton.jit
-def lane_mask(i: tl.constexpr, j: tl.constexpr):
-    """uint32 [1, 1]: where plane j's bits of register i lie in the stored word (bit (i + j) % 8 of
-    every byte lane: 0x01010101 rotated left by i + j, which repeats every 8 bits)."""
-    return tl.full((1, 1), BIT_LANES, tl.uint32) << ((i + j) % 8)
-
-
-@triton.jit
-def rotate_right(t, i: tl.constexpr):
-    """uint32 t rotated right by the constant i (one funnel shift on the GPU)."""
-    if i == 0:
-        return t
-    else:
-        return (t >> i) | (t << (32 - i))
-
-
-@triton.jit
 def dp4a(a, b, c, INTERPRETED: tl.constexpr):
     """c + sum over the four byte lanes of unsigned a times signed b (`dp4a.u32.s32`), int32."""
     if INTERPRETED:
@@ -187,14 +171,7 @@ def qlinear_kernel(
                 words = tl.load(ptrs, mask=w_idx[None, :, :] < KW32, other=0)
             if j == W_BITS - 1:
                 words = ~words  # offset binary: q's top bit is the complement of the sign bit
-            q0 |= words & lane_mask(0, j)
-            q1 |= words & lane_mask(1, j)
-            q2 |= words & lane_mask(2, j)
-            q3 |= words & lane_mask(3, j)
-            q4 |= words & lane_mask(4, j)
-            q5 |= words & lane_mask(5, j)
-            q6 |= words & lane_mask(6, j)
-            q7 |= words & lane_mask(7, j)
+            q0, q1, q2, q3, q4, q5, q6, q7 = or_plane_registers(q0, q1, q2, q3, q4, q5, q6, q7, words, j)
         q0 = q0.to(tl.int32, bitcast=True)
         q1 = rotate_right(q1, 1).to(tl.int32, bitcast=True)
         q2 = rotate_right(q2, 2).to(tl.int32, bitcast=True)

@@ -58,17 +58,10 @@ def plane_words(planes_ptr, j, rn_ld, g, N, KW32, EVEN_K: tl.constexpr, BN: tl.c
 
 
 @triton.jit
-def lane_mask(i: tl.constexpr, j: tl.constexpr):
-    """uint32 [1, 1]: plane j's bits of register i in a stored word (bit (i + j) % 8 of every lane)."""
-    return tl.full((1, 1), LANE_ONES, tl.uint32) << ((i + j) % 8)
-
-
-@triton.jit
 def register_lanes(t, i: tl.constexpr, c, FOLD: tl.constexpr):
     """Register i from its masked bits t: rotated right by i (bit j of each lane), then, with the
     zero folded (c = 128 - 2^(P-1) - zs per row), (q + c) ^ 0x80 per lane = the int8 byte of v - zs."""
-    if i > 0:
-        t = (t >> i) | (t << (32 - i))
+    t = rotate_right(t, i)
     if FOLD:
         t = (t + c) ^ (tl.full((1, 1), LANE_ONES, tl.uint32) << 7)
     return t
@@ -90,14 +83,7 @@ def recombine_slice(planes_ptr, zero, rn_ld, g, N, KW32, EVEN_K: tl.constexpr, B
         w = plane_words(planes_ptr, j, rn_ld, g, N, KW32, EVEN_K, BN, G)
         if FOLD_ZERO and j == W_BITS - 1:
             w = ~w  # offset binary: q's top bit is the complement of the sign plane's
-        t0 |= w & lane_mask(0, j)
-        t1 |= w & lane_mask(1, j)
-        t2 |= w & lane_mask(2, j)
-        t3 |= w & lane_mask(3, j)
-        t4 |= w & lane_mask(4, j)
-        t5 |= w & lane_mask(5, j)
-        t6 |= w & lane_mask(6, j)
-        t7 |= w & lane_mask(7, j)
+        t0, t1, t2, t3, t4, t5, t6, t7 = or_plane_registers(t0, t1, t2, t3, t4, t5, t6, t7, w, j)
     if FOLD_ZERO:
         # lane = q + 128 - 2^(P-1) - zs = w8 + 128 in 1..255: no lane carries; ^ 0x80 makes it int8 w8.
         c = ((tl.full((BN,), ZERO_BASE, tl.int32) - zero).to(tl.uint32) * LANE_ONES)[:, None]
