@@ -2,7 +2,7 @@
 
 Same arithmetic as the other two realizations (lowc.quant.bitplane):
     part[n, m] = sum_{k in group} (v[n, k] - zs[n, g]) * x[m, k]        exact int32 per group
-    y[n, m]    = (sum_g part * s[n, g]) * s_x[m]                        float32, g ascending
+    y[n, m]    = (sum_g part * s[n, g]) * s_x[m]      float32; tiles in ascending order, a tile's groups as a tree
 Program (pid 0) = BN output channels x BM tokens (pid_m = pid // cdiv(N, BN)), split pid 1 of
 SPLIT_K over the K tiles; a K tile is GPT slices. A slice is one group (GROUP_SIZE > 0) or, per
 channel (GROUP_SIZE == 0), PC_SLICE columns of the single group. A K tile is handled whole as
@@ -52,7 +52,7 @@ def dp4a(a, b, c, INTERPRETED: tl.constexpr):
 @triton.jit
 def load_x_pair(x_row, col, K, p: tl.constexpr, X_WORDS: tl.constexpr, EVEN_K: tl.constexpr):
     """(word 2p, word 2p + 1) as int32: columns col + 8p .. col + 8p + 7 of each 32-column block of
-    one token's row x_row (int8 pointer; col: [S] block starts, multiples of 32), zero past K."""
+    one token's row x_row (int8 pointer; col: block starts of any shape, multiples of 32), zero past K."""
     if X_WORDS:
         # int64 index col / 8 + p: the constant p folds into the load's address offset.
         ptrs = x_row.to(tl.pointer_type(tl.int64)) + (col // 8 + p)
