@@ -152,7 +152,7 @@ def _bk(spec: KernelSpec, per_channel: int) -> int:
 
 
 def gemv_config(spec: KernelSpec, m: int, n: int, k: int, bn: int = 16, slices: int = 16, warps: int = 4,
-                warps_per_sm: int = 32) -> TileConfig:
+                warps_per_sm: int = 32, stages: int = 1) -> TileConfig:
     """A GEMV tile: BM = M's bucket (at most GEMV_MAX_BM) tokens, BN channels, BK = `slices` slices of
     K, `warps` warps that Triton spreads over the [BN, BK/32] plane words of a tile (16-byte pieces
     along K); the split-K (up to 32) that puts about `warps_per_sm` warps on every SM. The kernel
@@ -165,8 +165,9 @@ def gemv_config(spec: KernelSpec, m: int, n: int, k: int, bn: int = 16, slices: 
     whole_k = 1 << max(0, (-(-k // slice_) - 1).bit_length())  # slices covering K, a power of two
     bk = slice_ * min(slices, GEMV_MAX_SLICES, whole_k)
     per_sm = max(1, warps_per_sm // warps)
-    split = _split_for(-(-m // bm) * -(-n // bn), -(-k // bk), per_sm=per_sm, min_k_tiles=1, max_split=32)
-    return check_config(spec, "gemv", TileConfig(bm, bn, bk, split, warps, 1))
+    # A pipelined loop (stages > 1) needs that many K tiles per split to have loads to overlap.
+    split = _split_for(-(-m // bm) * -(-n // bn), -(-k // bk), per_sm=per_sm, min_k_tiles=stages, max_split=32)
+    return check_config(spec, "gemv", TileConfig(bm, bn, bk, split, warps, stages))
 
 
 def gemv_words_per_thread(cfg: TileConfig) -> int:
@@ -223,10 +224,14 @@ def candidate_configs(spec: KernelSpec, realization: str, m: int, n: int, k: int
         # short K tiles (one row per thread), 2-8 warps, 16-32 warps per SM; tiles that would not fit
         # the registers are left out. Slice counts are for 128-column slices (g128, per channel).
         sl = max(1, 128 // (spec.group_size or GEMV_PC_SLICE))
-        out += [gemv_config(spec, m, n, k, bn, slices * sl, warps, per_sm)
-                for bn, slices, warps, per_sm in ((16, 8, 4, 32), (32, 8, 4, 32), (8, 32, 8, 32), (16, 32, 8, 32),
-                                                  (128, 2, 4, 32), (256, 2, 8, 32), (64, 2, 2, 32), (16, 8, 4, 16))]
-        return _valid(spec, realization, [c for c in out if gemv_fits_registers(c)], 9)
+        # Pipelined variants (stages 3: the next tiles' loads in flight) of the long-K shapes, with K
+        # tiles short enough that a program has several.
+        out += [gemv_config(spec, m, n, k, bn, slices * sl, warps, per_sm, stages)
+                for bn, slices, warps, per_sm, stages in (
+                    (16, 8, 4, 32, 1), (32, 8, 4, 32, 1), (8, 32, 8, 32, 1), (16, 32, 8, 32, 1), (128, 2, 4, 32, 1),
+                    (256, 2, 8, 32, 1), (64, 2, 2, 32, 1), (16, 8, 4, 16, 1),
+                    (16, 8, 4, 32, 3), (16, 4, 4, 32, 3), (32, 4, 4, 32, 3), (16, 4, 2, 32, 3))]
+        return _valid(spec, realization, [c for c in out if gemv_fits_registers(c)], 13)
     if realization == "binary":
         bm = min(16, m_bucket(m))
         for tile_m in (bm, max(1, bm // 2)):
@@ -509,6 +514,7 @@ def _launch_gemv(loaded, spec: KernelSpec, cfg: TileConfig, grid, x2, sx, weight
             HAS_BIAS=has_bias, EVEN_K=(k % cfg.BK == 0 and kw == k), INTERPRETED=out.device.type == "cpu",
             X_WORDS=x_words, BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **({"STAGES": cfg.num_stages} if cfg.num_stages > 1 else {}),  # only when set: older kernel files lack it
         )
     except Exception as e:
         raise KernelError(

@@ -75,15 +75,16 @@ def test_accumulators_equal_the_direct_integer_gemm(cache, w_bits, a_bits, group
     w_bits=st.integers(2, 8), a_bits=st.integers(4, 8), group=st.sampled_from([0, 32, 64, 128]), bb=st.booleans(),
     m=st.integers(1, 4), n=st.integers(1, 20).map(lambda v: 2 * v - 1), k=st.integers(1, 420),
     split=st.sampled_from([1, 2, 3]), seed=st.integers(0, 99), slices=st.sampled_from([1, 2, 4]),
-    bn=st.sampled_from([4, 16, 32]),
+    bn=st.sampled_from([4, 16, 32]), stages=st.sampled_from([1, 3]),
 )
 def test_gemv_accumulators_equal_the_direct_integer_gemm(cache, w_bits, a_bits, group, bb, m, n, k, split, seed,
-                                                         slices, bn):
+                                                         slices, bn, stages):
     """The CUDA-core GEMV: odd N, K of several groups (and odd K: x read byte-wise; K % 8 == 0:
-    as int64 words), M = 1..4 (one program's tokens), K tiles of 1-4 slices, split-K 1-3."""
+    as int64 words), M = 1..4 (one program's tokens), K tiles of 1-4 slices, split-K 1-3, the K loop
+    plain or software-pipelined (stages 3)."""
     fmt = format_name(w_bits, a_bits, group, bb and w_bits == 2, "bp")
     packed, weight, xq, sx, _ = make_case(fmt, m, n, k, seed)
-    cfg = TileConfig(1 << (m - 1).bit_length(), bn, (group or bg.GEMV_PC_SLICE) * slices, split, 1, 1)
+    cfg = TileConfig(1 << (m - 1).bit_length(), bn, (group or bg.GEMV_PC_SLICE) * slices, split, 1, stages)
     acc = bg.qlinear_bitplane(xq, sx, weight, None, fmt, torch.float32, realization="gemv", config=cfg, raw=True,
                               cache=cache)
     assert acc.dtype == torch.int32 and torch.equal(acc.cpu(), packed.accumulators(xq.cpu()))
@@ -290,3 +291,18 @@ def test_gpu_llama_shapes_exact(tmp_path, fmt, realization, m):
                             selector=bg.RealizationSelector(tmp_path, policy="off"))  # no timing in tests
     torch.testing.assert_close(y.cpu(), packed.linear(xq.cpu(), sx.cpu(), bias.cpu(), torch.float32),
                                rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt, m", [("w2a8_g128_bp", 1), ("w3a8_g128_bp", 2), ("w6a6_pc_bp", 1)])
+def test_gpu_every_gemv_candidate_exact(fmt, m):
+    """Every tile the tuner may pick for the GEMV (plain and software-pipelined loops, whole-K and
+    split-K programs) gives the exact INT32 accumulators on a Llama-3-8B shape."""
+    n, k = 4096, 4096
+    packed, weight, xq, sx, _ = make_case(fmt, m, n, k, device="cuda")
+    ref = packed.accumulators(xq.cpu())
+    configs = bg.candidate_configs(bg.kernel_spec(fmt, "gemv", raw=True), "gemv", m, n, k)
+    assert any(c.num_stages > 1 for c in configs) and any(c.SPLIT_K == 1 for c in configs)
+    for cfg in configs:
+        acc = bg.qlinear_bitplane(xq, sx, weight, None, fmt, torch.float32, realization="gemv", config=cfg, raw=True)
+        assert torch.equal(acc.cpu(), ref), cfg
