@@ -220,12 +220,11 @@ def candidate_configs(spec: KernelSpec, realization: str, m: int, n: int, k: int
     if realization == "gemv":
         if m > GEMV_MAX_M:
             return []
-        # Few rows x long K tiles (the W4A8 GEMV's shape, whole K where the grid allows) and many rows x
-        # short K tiles (one row per thread), 2-8 warps, 16-32 warps per SM; tiles that would not fit
-        # the registers are left out. Slice counts are for 128-column slices (g128, per channel).
+        # Few rows x long K tiles (the W4A8 GEMV's shape, whole K where the grid allows), many rows x
+        # short K tiles (one row per thread), and software-pipelined long-K tiles (stages 3, K tiles
+        # short enough that a program has several); 2-8 warps, 16-32 warps per SM; tiles that would
+        # not fit the registers are left out. Slice counts are for 128-column slices.
         sl = max(1, 128 // (spec.group_size or GEMV_PC_SLICE))
-        # Pipelined variants (stages 3: the next tiles' loads in flight) of the long-K shapes, with K
-        # tiles short enough that a program has several.
         out += [gemv_config(spec, m, n, k, bn, slices * sl, warps, per_sm, stages)
                 for bn, slices, warps, per_sm, stages in (
                     (16, 8, 4, 32, 1), (32, 8, 4, 32, 1), (8, 32, 8, 32, 1), (16, 32, 8, 32, 1), (128, 2, 4, 32, 1),

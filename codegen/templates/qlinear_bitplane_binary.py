@@ -51,8 +51,7 @@ def binary_part(x, planes_ptr, rn_ld, wk, N, KW32, EVEN_K: tl.constexpr, INTERPR
             words = tl.load(ptrs)
         else:
             words = tl.load(ptrs, mask=wk[None, :] < KW32, other=0)
-        if j > 0:
-            words = (words >> j) | (words << (32 - j))  # stored rotated left by j: back to lane order
+        words = rotate_right(words, j)  # stored rotated left by j: back to lane order
         counts = tl.sum(popcount(words[None, :, None, :] & x_words[:, None, :, :], INTERPRETED), axis=3)
         t = tl.sum(counts * a_weight[:, None, None], axis=0)  # [BN, BM]
         if j == W_BITS - 1:
