@@ -92,7 +92,9 @@ def codes(p) -> torch.Tensor:
     k = p.in_features
     if isinstance(p, W8A8):
         return p.qweight.float()
-    if isinstance(p, (W4A8Channel, W4A16Grouped, W4A8Grouped)):
+    if isinstance(p, W4A8Grouped):
+        return p.codes()[:, :k].float()
+    if isinstance(p, (W4A8Channel, W4A16Grouped)):
         return unpack_uint4(p.qweight)[:, :k].float()
     if isinstance(p, W4A4Outlier):
         normal = k - p.spec.outliers
@@ -100,10 +102,10 @@ def codes(p) -> torch.Tensor:
     raise PassError(f"no codes for packed weight type {type(p).__name__}")
 
 
-def _pack_uint4(q: torch.Tensor, pad_code: torch.Tensor, width: int) -> torch.Tensor:
+def _pack_uint4(q: torch.Tensor, pad_code: torch.Tensor, width: int, pack=pack_int4) -> torch.Tensor:
     """Pack codes [N, K] padded to `width` columns with `pad_code` [N, width] (exact zeros)."""
     full = torch.cat((q, pad_code[:, q.shape[1]:width]), dim=1) if width > q.shape[1] else q
-    return pack_int4(full.to(torch.uint8))
+    return pack(full.to(torch.uint8))
 
 
 def with_codes(p, q: torch.Tensor):
@@ -125,7 +127,7 @@ def with_codes(p, q: torch.Tensor):
     if isinstance(p, W4A8Grouped):
         width = p.qweight.shape[1] * 2
         pad = _per_group(p.zs1, p.spec.group, width) / _per_group(p.s1, p.spec.group, width)
-        return W4A8Grouped(p.spec, k, _pack_uint4(q, pad, width), p.s1, p.zs1, p.s0)
+        return W4A8Grouped(p.spec, k, _pack_uint4(q, pad, width, W4A8Grouped.pack_codes), p.s1, p.zs1, p.s0)
     if isinstance(p, W4A4Outlier):
         normal = k - p.spec.outliers
         width = p.qweight.shape[1] * 2

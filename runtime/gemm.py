@@ -134,6 +134,12 @@ def _fast_dequant(spec: KernelSpec, device: torch.device, kw: int) -> bool:
     return spec.a_bits != 16 or spec.x_dtype in ("bfloat16", "float16")
 
 
+def _weight_row_words(spec: KernelSpec, kw: int) -> int:
+    """Row length of the packed weight in the words its kernel loads: 32-bit words of eight codes for
+    w4a8_g (nibble-split order), 16-bit words of four codes for the other 4-bit formats."""
+    return kw // 8 if spec.family == "w4a8_g" else kw // 4
+
+
 def _launch(loaded: LoadedKernel, cfg, spec, cache, x2, sx, weight, bias_arg, has_bias, out, m, n, k, kw) -> None:
     grid = (-(-m // cfg.BM) * -(-n // cfg.BN), cfg.SPLIT_K)
     if cfg.SPLIT_K > 1:
@@ -144,7 +150,7 @@ def _launch(loaded: LoadedKernel, cfg, spec, cache, x2, sx, weight, bias_arg, ha
         ws = tickets = out  # never touched when SPLIT_K == 1
     try:
         loaded.kernel[grid](
-            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, x2.stride(0), kw // 4,
+            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, x2.stride(0), _weight_row_words(spec, kw),
             HAS_BIAS=has_bias, EVEN_K=_even_k(spec, k, kw, cfg.BK), INTERPRETED=out.device.type == "cpu",
             FAST_DEQUANT=_fast_dequant(spec, out.device, kw),
             BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K, GROUP_M=cfg.GROUP_M,

@@ -27,6 +27,8 @@ int32 of four byte lanes (`pack=1`, so its meaning never depends on Triton's reg
 The same arithmetic written element-wise in plain Triton (FAST_DEQUANT=False) is what the CPU
 interpreter runs in CI and what the GPU uses when the packed row length is not a multiple of four
 bytes; both produce identical integers (and identical rounded floats for w4a16).
+w4a8_g needs neither: its nibble-split packing puts four consecutive codes in the byte lanes of a
+register with one mask, so its template unpacks in plain Triton integer code on both paths.
 """
 
 # --- template body ---
@@ -207,25 +209,10 @@ def round_to(x, ty: tl.constexpr):
 
 
 @triton.jit
-def even_odd_bytes(xa, xb, FAST: tl.constexpr):
-    """Eight int8 values x0..x7 held as two int32 (xa = x0..x3, xb = x4..x7, lane i = bits 8i) ->
-    (x0 x2 x4 x6, x1 x3 x5 x7): the activation lanes that meet the low and the high nibbles of a
-    code word (`u4_nibble_lanes`). One `prmt` each on the GPU; masks and shifts otherwise."""
-    if FAST:
-        xe = tl.inline_asm_elementwise(asm="prmt.b32 $0, $1, $2, 0x6420;", constraints="=r,r,r",
-                                       args=[xa, xb], dtype=tl.int32, is_pure=True, pack=1)
-        xo = tl.inline_asm_elementwise(asm="prmt.b32 $0, $1, $2, 0x7531;", constraints="=r,r,r",
-                                       args=[xa, xb], dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        xe = (xa & 0xFF) | ((xa >> 8) & 0xFF00) | ((xb << 16) & 0xFF0000) | ((xb << 8) & -16777216)
-        xo = ((xa >> 8) & 0xFF) | ((xa >> 16) & 0xFF00) | ((xb << 8) & 0xFF0000) | (xb & -16777216)
-    return xe, xo
-
-
-@triton.jit
 def u4_nibble_lanes(words):
-    """int32 code words (eight uint4 codes, code i in bits 4i..4i+3) -> (codes 0 2 4 6, codes 1 3 5 7),
-    each as four unsigned byte lanes. Two masks and a shift: the codes stay in their packed order."""
+    """int32 code words in nibble-split order (code b of the word in bits 8b..8b+3, code 4 + b in
+    bits 8b+4..8b+7; lowc.quant.packing) -> (codes 0..3, codes 4..7), each as four unsigned byte
+    lanes in natural order: they meet the activations x0..x3 and x4..x7 as two int32 words hold them."""
     return words & 0x0F0F0F0F, (words >> 4) & 0x0F0F0F0F
 
 
@@ -240,9 +227,9 @@ def _dp4a_emulated(a, b):
 
 
 @triton.jit
-def dot8_u4_i8(lo, hi, xe, xo, FAST: tl.constexpr):
-    """Exact int32 sum of eight products code * x: lo/hi from `u4_nibble_lanes` (unsigned lanes),
-    xe/xo from `even_odd_bytes` (signed lanes). Two chained `dp4a` on the GPU."""
+def dot8_u4_i8(lo, hi, xa, xb, FAST: tl.constexpr):
+    """Exact int32 sum of eight products code * x: lo/hi from `u4_nibble_lanes` (unsigned lanes), xa/xb
+    the matching activation words (signed lanes). Two chained `dp4a` on the GPU."""
     if FAST:
         return tl.inline_asm_elementwise(
             asm="""{
@@ -251,13 +238,13 @@ def dot8_u4_i8(lo, hi, xe, xo, FAST: tl.constexpr):
             dp4a.u32.s32 $0, $2, $4, t;
             }""",
             constraints="=r,r,r,r,r",
-            args=[lo, hi, xe, xo],
+            args=[lo, hi, xa, xb],
             dtype=tl.int32,
             is_pure=True,
             pack=1,
         )
     else:
-        return _dp4a_emulated(lo, xe) + _dp4a_emulated(hi, xo)
+        return _dp4a_emulated(lo, xa) + _dp4a_emulated(hi, xb)
 
 
 @triton.jit

@@ -3,24 +3,27 @@
     w8[n, k]  = q[n, k] * s1[n, g] - zs1[n, g]      UINT4 -> INT8 in registers, one multiply-add
     acc[n, m] = sum_k w8[n, k] * x[m, k]            INT8 tensor-core dot, INT32 accumulation (exact)
     y[m, n]   = acc * s_x[m] * s0[n] (+ bias[n])     float32 epilogue, then the output dtype
-Weight tensors (lowc.quant W4A8Grouped, read as they are): qweight uint8 [N, Kp/2] (two codes per
-byte along K, low nibble = even k), s1 uint8 [N, Kp/G], zs1 uint8 [N, Kp/G], s0 fp16 [N]; Kp is K
-padded to the group (padded codes decode to exactly 0, and x is masked there anyway).
+Weight tensors (lowc.quant W4A8Grouped, read as they are): qweight uint8 [N, Kp/2] in nibble-split
+order (each 32-bit word holds eight consecutive codes: code b of the word in the low nibble of byte
+b, code 4 + b in its high nibble, b = 0..3), s1 uint8 [N, Kp/G], zs1 uint8 [N, Kp/G], s0 fp16 [N];
+Kp is K padded to the group (padded codes decode to exactly 0, and x is masked there anyway).
 
 Dequantization computes w8 as ((q * s1 + c) ^ 0x80) with c = 128 - zs1, read as int8: q * s1 + c
 = w8 + 128, which lies in 0..255 because the protective range keeps w8 in -128..127, and XOR-ing
-bit 7 turns w8 + 128 into the two's-complement byte of w8. In that form the GPU path handles four
-codes per register (`u4_words_to_i8`): products q * s1 <= 15 * 16 = 240 fit a byte lane, and since
-every lane's final value stays in 0..255 and all four lanes add the same c, adding c (or
-subtracting |c|) never carries or borrows across lanes.
+bit 7 turns w8 + 128 into the two's-complement byte of w8. The packing lets that run on four codes
+per register with plain integer operations (`dequant_tile`): `word & 0x0F0F0F0F` holds codes 0..3
+of a word and `(word >> 4) & 0x0F0F0F0F` codes 4..7, each in four byte lanes and in natural K
+order, so one multiply-add with (s1, c * 0x01010101) and one XOR finish four weights: seven
+integer instructions per eight weights, the same code on the GPU and under the interpreter.
+Products q * s1 <= 15 * 16 = 240 fit a byte lane, and since every lane's final value stays in
+0..255 and all four lanes add the same c, the word arithmetic never carries or borrows across lanes.
 
 Decode (M <= 16): a config with GEMV runs `gemv_kernel`, which never forms w8 and uses no tensor
 cores. The weight is the only real traffic there, so the kernel streams it in 16-byte loads of
-int32 code words (eight codes each) and keeps the arithmetic near one instruction per four
-weights: the two nibbles of a word are masked into two registers of four unsigned byte lanes
-(codes 0 2 4 6 and 1 3 5 7, `u4_nibble_lanes`), the eight activations of the word are permuted
-into the matching lanes once per token (`even_odd_bytes`), and two `dp4a` give sum q*x over the
-word. Per group the level-1 parameters are applied once, to the sums:
+int32 code words and keeps the arithmetic near one instruction per four weights: the word's two
+masks give codes 0..3 and 4..7 as unsigned byte lanes, which meet the activations x0..x3 and x4..x7
+exactly as two int32 words of x hold them, and two `dp4a` give sum q*x over the word. Per group the
+level-1 parameters are applied once, to the sums:
     sum_k (q*s1 - zs1) * x = s1 * sum_k q*x - zs1 * sum_k x,
 the same integer as the tensor-core path's sum_k w8 * x (all int32, exact).
 
@@ -40,6 +43,9 @@ and then the W8A8 kernel, whose epilogue (acc * s_x * s) is this one with s = s0
 # --- template body ---
 
 
+BYTE_SIGN_BITS: tl.constexpr = -0x7F7F7F80  # 0x80808080 as an int32
+
+
 @triton.jit
 def group_params(s1_ptr, zs1_ptr, rn_ld, kt, n_groups, BK: tl.constexpr):
     """(s1, c = 128 - zs1) as int32 [BN, groups of tile kt]; kt may run one past the last tile
@@ -51,17 +57,21 @@ def group_params(s1_ptr, zs1_ptr, rn_ld, kt, n_groups, BK: tl.constexpr):
 
 
 @triton.jit
-def dequant_tile(qw_ptr, s1, c, rn_ld, kt, KW, stride_w16,
-                 BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, FAST_DEQUANT: tl.constexpr):
-    """int8 w8 [BN, BK] of K tile kt from its group parameters, natural K order (module docstring)."""
-    if FAST_DEQUANT:
-        words = load_code_words(qw_ptr, rn_ld, kt, stride_w16, BN, BK, EVEN_K)
-        mul = expand_groups(s1, BN, BK // 4)
-        add_x4 = expand_groups(c * 0x01010101, BN, BK // 4)
-        return u4_words_to_i8(words, mul, add_x4, BN, BK)
-    else:
-        q = load_codes(qw_ptr, rn_ld, kt, KW, BN, BK, EVEN_K).to(tl.int32)
-        return ((q * expand_groups(s1, BN, BK) + expand_groups(c, BN, BK)) ^ 0x80).to(tl.int8)
+def dequant_tile(qw_ptr, s1, c, rn_ld, kt, stride_w32, BN: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr):
+    """int8 w8 [BN, BK] of K tile kt from its group parameters, natural K order (module docstring).
+    stride_w32 = KW // 8, the row length in 32-bit code words (from the host, so that Triton sees
+    its divisibility and loads 16 bytes at a time). A word never straddles a group (G >= 8)."""
+    rw = kt * (BK // 8) + tl.arange(0, BK // 8)
+    ptrs = qw_ptr.to(tl.pointer_type(tl.int32)) + rn_ld[:, None] * stride_w32 + rw[None, :]
+    if EVEN_K:
+        words = tl.load(ptrs)
+    else:  # past the row: w8 comes out as garbage, but x is masked to 0 there
+        words = tl.load(ptrs, mask=rw[None, :] < stride_w32, other=0)
+    mul = expand_groups(s1, BN, BK // 8)
+    add_x4 = expand_groups(c * 0x01010101, BN, BK // 8)
+    lo = ((words & 0x0F0F0F0F) * mul + add_x4) ^ BYTE_SIGN_BITS  # K offsets 8w + 0..3
+    hi = (((words >> 4) & 0x0F0F0F0F) * mul + add_x4) ^ BYTE_SIGN_BITS  # K offsets 8w + 4..7
+    return unpack_byte_lanes(tl.join(lo, hi).reshape(BN, BK // 4), BN, BK)
 
 
 @triton.jit
@@ -79,11 +89,13 @@ def epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS: tl.
 @triton.jit
 def qlinear_kernel(
     x_ptr, sx_ptr, qw_ptr, s1_ptr, zs1_ptr, s0_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, KW, stride_xm, stride_w16,
+    M, N, K, KW, stride_xm, stride_w32,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
     W_AS_B: tl.constexpr = False,
 ):
+    # FAST_DEQUANT (shared launcher argument) is unused: this format's unpacking is plain integer
+    # code, the same on the GPU and under the interpreter.
     pid_n, pid_m = tile_coords(tl.program_id(0), M, N, BM, BN, GROUP_M)
     rn = pid_n * BN + tl.arange(0, BN)
     rm = pid_m * BM + tl.arange(0, BM)
@@ -109,7 +121,7 @@ def qlinear_kernel(
         else:
             x = tl.load(x_ptrs, mask=k[None, :] < K, other=0)
         s1_next, c_next = group_params(s1_ptr, zs1_ptr, rn_ld, kt + 1, n_groups, BK)
-        w8 = dequant_tile(qw_ptr, s1, c, rn_ld, kt, KW, stride_w16, BN, BK, EVEN_K, FAST_DEQUANT)
+        w8 = dequant_tile(qw_ptr, s1, c, rn_ld, kt, stride_w32, BN, BK, EVEN_K)
         if W_AS_B:
             acc_t = tl.dot(x, tl.trans(w8), acc_t, out_dtype=tl.int32)
         else:
@@ -175,12 +187,11 @@ def gemv_kernel(
                 xw = tl.load(x_ptrs)
             else:
                 xw = tl.load(x_ptrs, mask=xw_off < KX8, other=0)
-            xa = xw.to(tl.int32)
-            xb = (xw >> 32).to(tl.int32)
-            xe, xo = even_odd_bytes(xa, xb, FAST)
+            xa = xw.to(tl.int32)  # x 8w + 0..3, the lanes of lo
+            xb = (xw >> 32).to(tl.int32)  # x 8w + 4..7, the lanes of hi
             # Per group: sum_k q*x (two dp4a per word), then s1 * that - zs1 * sum_k x, which is
             # sum_k (q*s1 - zs1) * x = sum_k w8 * x exactly (integer arithmetic throughout).
-            qx = tl.sum(dot8_u4_i8(lo, hi, xe[None, :, :], xo[None, :, :], FAST), axis=2)
+            qx = tl.sum(dot8_u4_i8(lo, hi, xa[None, :, :], xb[None, :, :], FAST), axis=2)
             ones = tl.full((GPT, WPG), 0x01010101, tl.int32)
             xsum = tl.sum(dot8_u4_i8(ones, ones, xa, xb, FAST), axis=1)
             part = tl.sum(qx * s1 - zs1 * xsum[None, :], axis=1)
@@ -203,7 +214,7 @@ def dequant_kernel(qw_ptr, s1_ptr, zs1_ptr, w8_ptr, N, KW, BN: tl.constexpr, BK:
     kt = tl.program_id(1)
     rk = kt * BK + tl.arange(0, BK)
     s1, c = group_params(s1_ptr, zs1_ptr, rn % N, kt, KW // GROUP_SIZE, BK)
-    w8 = dequant_tile(qw_ptr, s1, c, rn % N, kt, KW, KW // 4, BN, BK, False, False)
+    w8 = dequant_tile(qw_ptr, s1, c, rn % N, kt, KW // 8, BN, BK, False)
     tl.store(w8_ptr + rn[:, None] * KW + rk[None, :], w8, mask=(rn[:, None] < N) & (rk[None, :] < KW))
 
 

@@ -9,7 +9,7 @@ from lowc.quant.activations import dequantize_activation, quantize_activation
 from lowc.quant.base import PackedWeight
 from lowc.quant.kv import KV4, KV8, dequantize_kv, quantize_kv
 from lowc.quant.numerics import sqnr_db
-from lowc.quant.packing import pack_int4, unpack_int4, unpack_uint4
+from lowc.quant.packing import pack_int4, pack_uint4_split, unpack_int4, unpack_uint4, unpack_uint4_split
 from lowc.quant.registry import WEIGHT_FORMATS, format_type, quantize_weight, weight_from_tensors
 from lowc.quant.spec import FormatSpec, parse_format
 from lowc.quant.w4a4_outlier import W4A4Outlier
@@ -21,6 +21,6 @@ from lowc.quant.w8a8 import W8A8
 __all__ = [
     "FormatSpec", "KV4", "KV8", "PackedWeight", "W4A4Outlier", "W4A8Channel", "W4A8Grouped",
     "W4A16Grouped", "W8A8", "WEIGHT_FORMATS", "dequantize_activation", "dequantize_kv", "format_type",
-    "pack_int4", "parse_format", "quantize_activation", "quantize_kv", "quantize_weight", "sqnr_db",
-    "unpack_int4", "unpack_uint4", "weight_from_tensors",
+    "pack_int4", "pack_uint4_split", "parse_format", "quantize_activation", "quantize_kv", "quantize_weight", "sqnr_db",
+    "unpack_int4", "unpack_uint4", "unpack_uint4_split", "weight_from_tensors",
 ]

@@ -81,6 +81,15 @@ def _check_group(name: str, group: int) -> int:
     return group
 
 
+def _check_split_group(name: str, group: int) -> int:
+    if group < 8:
+        raise QuantizationError(
+            f"format {name!r}: group size {group} is below 8; w4a8_g stores its codes in 32-bit words of "
+            "eight (nibble-split order) and a group must fill whole words, so use e.g. 32, 64 or 128"
+        )
+    return group
+
+
 @functools.lru_cache(maxsize=None)
 def parse_format(name: str) -> FormatSpec:
     """Parse a format name; raises QuantizationError naming the valid forms if it is not one."""
@@ -91,7 +100,7 @@ def parse_format(name: str) -> FormatSpec:
         if match is None:
             continue
         if family == "w4a8_g":
-            return FormatSpec(name, family, 4, 8, _check_group(name, int(match[1])))
+            return FormatSpec(name, family, 4, 8, _check_split_group(name, _check_group(name, int(match[1]))))
         if family == "w4a8_pc":
             return FormatSpec(name, family, 4, 8, None)
         if family == "w8a8":

@@ -14,7 +14,8 @@ Why 119 keeps w8' in int8: |w8' - w8| <= s1/2 for every value that is not clippe
 moves towards the inside of the range), s1 <= ceil(238 / 15) = 16, so |w8'| <= 119 + 8 = 127.
 
 Tensors (the order of `tensors()`, for W [N, K], Kp = K rounded up to a multiple of G):
-    qweight uint8 [N, Kp/2]  q, two per byte along K, low nibble = even k
+    qweight uint8 [N, Kp/2]  q in nibble-split order: per 8 codes (one 32-bit word) byte b holds
+                             code b in its low and code 4 + b in its high nibble (lowc.quant.packing)
     s1      uint8 [N, Kp/G]  level-1 integer scale, 1..16
     zs1     uint8 [N, Kp/G]  z * s1, 0..240, so the kernel does one multiply-subtract per value
     s0      fp16  [N]        level-0 scale
@@ -32,7 +33,7 @@ from lowc.errors import QuantizationError
 from lowc.quant.activations import check_quantized_activation
 from lowc.quant.base import PackedWeight, check_in_features, finish_linear
 from lowc.quant.numerics import check_float_input, exact_int_matmul, pad_last_dim, padded_k, to_fp16_scale
-from lowc.quant.packing import pack_int4, unpack_uint4
+from lowc.quant.packing import pack_uint4_split, unpack_uint4_split
 from lowc.quant.spec import FormatSpec
 
 PROTECTIVE_RANGE = 119
@@ -86,7 +87,7 @@ class W4A8Grouped(PackedWeight):
         packed = cls(
             spec,
             k,
-            pack_int4(q.flatten(-2).to(torch.uint8)),
+            pack_uint4_split(q.flatten(-2).to(torch.uint8)),
             s1.squeeze(-1).to(torch.uint8),
             (z * s1).squeeze(-1).to(torch.uint8),
             s0,
@@ -111,8 +112,17 @@ class W4A8Grouped(PackedWeight):
     def _w8_float(self) -> torch.Tensor:
         """w8' = q * s1 - z * s1 as integer-valued float32 [N, Kp] (exact: |values| <= 240)."""
         g = self.spec.group
-        q = unpack_uint4(self.qweight).to(torch.float32).unflatten(-1, (-1, g))
+        q = self.codes().to(torch.float32).unflatten(-1, (-1, g))
         return q.mul_(self.s1.to(torch.float32)[..., None]).sub_(self.zs1.to(torch.float32)[..., None]).flatten(-2)
+
+    def codes(self) -> torch.Tensor:
+        """The UINT4 codes q as uint8 [N, Kp] in natural K order (padding included)."""
+        return unpack_uint4_split(self.qweight)
+
+    @staticmethod
+    def pack_codes(q: torch.Tensor) -> torch.Tensor:
+        """Codes [N, Kp] (0..15, Kp a multiple of 8) -> the qweight tensor (nibble-split order)."""
+        return pack_uint4_split(q.to(torch.uint8))
 
     def int_weight(self) -> torch.Tensor:
         """w8' as int8 [N, Kp]: the operand of the INT8 GEMM (padding included, decoding to 0)."""

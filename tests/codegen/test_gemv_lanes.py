@@ -1,7 +1,7 @@
-"""The lane arithmetic of the GEMV decode path's inline PTX (common.py: `even_odd_bytes`,
-`u4_nibble_lanes`, `dot8_u4_i8`), emulated on 32-bit words.
+"""The lane arithmetic of the GEMV decode path's inline PTX (common.py: `u4_nibble_lanes`,
+`dot8_u4_i8`) on words in w4a8_g's nibble-split order, emulated on 32-bit words.
 
-The GPU runs `prmt` and `dp4a`, which the interpreter cannot execute; these tests replay the
+The GPU runs `dp4a`, which the interpreter cannot execute; these tests replay the
 assembly in Python integers and check that, for random and extreme words, the eight products of a
 code word with its eight activations sum exactly to sum_i code_i * x_i. The asm text is parsed, so an
 edit to it without the emulation fails here; the GPU tests (`pytest -m gpu`) check the kernel itself.
@@ -12,6 +12,7 @@ import re
 import torch
 
 from lowc.codegen.render import _read_template
+from lowc.quant.packing import pack_uint4_split
 
 
 def asm_of(function: str) -> list[str]:
@@ -31,12 +32,6 @@ def byte(x, i):
     return (x >> (8 * i)) & 0xFF
 
 
-def prmt(a, b, selector):
-    """prmt.b32 d, a, b, selector (default mode): lane i of d = byte selector.nibble[i] of {b, a}."""
-    pool = [byte(a, i) for i in range(4)] + [byte(b, i) for i in range(4)]
-    return sum(pool[(selector >> (4 * i)) & 0x7] << (8 * i) for i in range(4))
-
-
 def dp4a_u32_s32(a, b, c):
     """dp4a.u32.s32: c + sum_i unsigned byte i of a * signed byte i of b."""
     signed = lambda v: v - 256 * (v >= 128)  # noqa: E731
@@ -44,7 +39,6 @@ def dp4a_u32_s32(a, b, c):
 
 
 def test_assembly_is_the_emulated_sequence():
-    assert asm_of("even_odd_bytes") == ["prmt.b32 $0, $1, $2, 0x6420", "prmt.b32 $0, $1, $2, 0x7531"]
     assert asm_of("dot8_u4_i8") == ["dp4a.u32.s32 t, $1, $3, 0", "dp4a.u32.s32 $0, $2, $4, t"]
 
 
@@ -62,12 +56,12 @@ def words_and_activations(n=4000, seed=0):
 def test_eight_products_per_word_are_exact():
     codes, x = words_and_activations()
     for c, v in zip(codes.tolist(), x.tolist()):
-        word = sum(q << (4 * i) for i, q in enumerate(c))  # canonical packing: code i in bits 4i..4i+3
+        packed = pack_uint4_split(torch.tensor(c)).tolist()  # the format's own packing, four bytes
+        word = sum(b << (8 * i) for i, b in enumerate(packed))  # little-endian int32 load
         lo, hi = word & 0x0F0F0F0F, (word >> 4) & 0x0F0F0F0F  # u4_nibble_lanes
         xa = sum((b & 0xFF) << (8 * i) for i, b in enumerate(v[:4]))
         xb = sum((b & 0xFF) << (8 * i) for i, b in enumerate(v[4:]))
-        xe, xo = prmt(xa, xb, 0x6420), prmt(xa, xb, 0x7531)
-        got = dp4a_u32_s32(hi, xo, dp4a_u32_s32(lo, xe, 0))
+        got = dp4a_u32_s32(hi, xb, dp4a_u32_s32(lo, xa, 0))
         assert got == sum(q * b for q, b in zip(c, v))
         ones = 0x01010101  # the kernel's per-group sum of x uses the same instruction
         assert dp4a_u32_s32(ones, xb, dp4a_u32_s32(ones, xa, 0)) == sum(v)

@@ -1,4 +1,4 @@
-"""Nibble packing: bit order, signed/unsigned round trips, bad input."""
+"""Nibble packing (canonical and w4a8_g's nibble-split order): bit order, round trips, bad input."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowc.errors import QuantizationError
-from lowc.quant.packing import pack_int4, unpack_int4, unpack_uint4
+from lowc.quant.packing import pack_int4, pack_uint4_split, unpack_int4, unpack_uint4, unpack_uint4_split
 
 
 def test_low_nibble_holds_the_even_index():
@@ -43,3 +43,34 @@ def test_odd_length_and_out_of_range_are_rejected():
         pack_int4(torch.tensor([16, 0]))
     with pytest.raises(QuantizationError, match="uint8"):
         unpack_uint4(torch.zeros(2, dtype=torch.int8))
+
+
+def test_nibble_split_word_holds_codes_0_to_3_low_and_4_to_7_high():
+    # eight codes 1..8 -> bytes (1 | 5<<4), (2 | 6<<4), (3 | 7<<4), (4 | 8<<4)
+    packed = pack_uint4_split(torch.arange(1, 9, dtype=torch.uint8).reshape(1, 8))
+    assert packed.tolist() == [[0x51, 0x62, 0x73, 0x84]]
+    word = int.from_bytes(bytes(packed[0].tolist()), "little")  # what a 32-bit load sees
+    assert [(word >> (8 * b)) & 0xF for b in range(4)] == [1, 2, 3, 4]
+    assert [(word >> (8 * b + 4)) & 0xF for b in range(4)] == [5, 6, 7, 8]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 6), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_nibble_split_round_trip(words, rows, seed):
+    t = torch.randint(0, 16, (rows, 8 * words), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    packed = pack_uint4_split(t)
+    assert packed.shape == (rows, 4 * words) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_uint4_split(packed), t)
+
+
+def test_nibble_split_bad_input():
+    with pytest.raises(QuantizationError, match="multiple of 8"):
+        pack_uint4_split(torch.zeros(12, dtype=torch.uint8))
+    with pytest.raises(QuantizationError, match="0..15"):
+        pack_uint4_split(torch.tensor([16] + [0] * 7))
+    with pytest.raises(QuantizationError, match="0..15"):
+        pack_uint4_split(torch.tensor([-1] + [0] * 7))
+    with pytest.raises(QuantizationError, match="multiple of 4"):
+        unpack_uint4_split(torch.zeros(6, dtype=torch.uint8))
+    with pytest.raises(QuantizationError, match="uint8"):
+        unpack_uint4_split(torch.zeros(4, dtype=torch.int8))

@@ -50,3 +50,9 @@ def test_group_must_be_a_power_of_two(name):
 def test_non_string_name():
     with pytest.raises(QuantizationError, match="must be a str"):
         parse_format(128)
+
+
+@pytest.mark.parametrize("name", ["w4a8_g2", "w4a8_g4"])
+def test_w4a8_group_must_fill_whole_code_words(name):
+    with pytest.raises(QuantizationError, match="below 8"):
+        parse_format(name)

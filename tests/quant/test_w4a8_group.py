@@ -14,9 +14,10 @@ seeds = st.integers(0, 2**31 - 1)
 
 
 def _nibbles(packed):
-    """Independent decode (int64): low nibble first."""
-    p = packed.long()
-    return torch.stack((p & 15, p >> 4), dim=-1).flatten(-2)
+    """Independent decode (int64) of the nibble-split order: in each 4-byte word the low nibbles
+    are codes 0..3 and the high nibbles codes 4..7."""
+    p = packed.long().unflatten(-1, (-1, 4))
+    return torch.cat((p & 15, p >> 4), dim=-1).flatten(-2)
 
 
 def _w8_from(packed: W4A8Grouped):
