@@ -43,7 +43,7 @@ and then the W8A8 kernel, whose epilogue (acc * s_x * s) is this one with s = s0
 # --- template body ---
 
 
-BYTE_SIGN_BITS: tl.constexpr = -0x7F7F7F80  # 0x80808080 as an int32
+BYTE_SIGN_BITS = tl.constexpr(-0x7F7F7F80)  # 0x80808080 as an int32
 
 
 @triton.jit
