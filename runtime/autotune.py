@@ -273,8 +273,10 @@ def operand_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileCon
         if bm < 64:  # mma.sync with the tokens as A; the whole [BN, BK] operand lives in registers,
             # so BN * BK stays <= 32K codes per 4 warps (more spills: measured offline with ptxas)
             tiles = [(64, 256, 4, 4), (64, 512, 4, 3), (128, 256, 4, 4), (128, 256, 8, 4)]
-            if bm == 16:  # the decode batch: narrower tiles, deeper pipelines, more splits
-                tiles += [(32, 256, 4, 4), (32, 512, 4, 3), (64, 128, 4, 6), (64, 256, 4, 6)]
+            if bm == 16:  # the decode batch: narrower tiles, deeper pipelines, more splits, and
+                # one- and two-warp programs (more of them in flight, as the GEMV does)
+                tiles += [(32, 256, 4, 4), (32, 512, 4, 3), (64, 128, 4, 6), (64, 256, 4, 6),
+                          (16, 256, 1, 4), (16, 512, 1, 3), (32, 256, 2, 4), (32, 512, 2, 3)]
             for bn, bk, warps, stages in tiles:
                 for split in splits(bm, bn, bk, (1, 2, 4, 8) if bm == 16 else (1, 2, 4)):
                     out.append(TileConfig(bm, bn, bk, split, warps, stages, W_AS_B=1))
