@@ -277,6 +277,8 @@ def operand_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileCon
                 # one- and two-warp programs (more of them in flight, as the GEMV does)
                 tiles += [(32, 256, 4, 4), (32, 512, 4, 3), (64, 128, 4, 6), (64, 256, 4, 6),
                           (16, 256, 1, 4), (16, 512, 1, 3), (32, 256, 2, 4), (32, 512, 2, 3)]
+            else:  # 32 tokens: two-warp programs too
+                tiles += [(32, 256, 2, 4), (32, 512, 2, 3)]
             for bn, bk, warps, stages in tiles:
                 for split in splits(bm, bn, bk, (1, 2, 4, 8) if bm == 16 else (1, 2, 4)):
                     out.append(TileConfig(bm, bn, bk, split, warps, stages, W_AS_B=1))
@@ -288,6 +290,8 @@ def operand_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileCon
             for bn in (64, 128):
                 for split in splits(32, bn, 256, (1, 2)):
                     out.append(TileConfig(32, bn, 256, split, 4, 4, W_AS_B=1))
+            # (two-warp 64-token tiles, mma.sync with both operands in registers, lost on every
+            # shape on an H200 in session 7, 18-42 us against the best 15-35; not candidates)
         if bm == 16:  # mma.sync with a 32-row weight tile as A (a 32+-token x operand spills)
             for bk, stages in ((256, 4), (512, 3)):
                 for split in splits(bm, 32, bk, (1, 2)):
