@@ -140,3 +140,20 @@ def test_bad_weights_raise():
         W4A8Grouped.from_float(torch.ones(2, 2, dtype=torch.int8))
     with pytest.raises(QuantizationError, match="2-d"):
         W4A8Grouped.from_float(torch.ones(2, 2, 2))
+
+
+def test_docs_worked_example():
+    """docs/formats.md, "Worked example: w4a8_g8": every printed number, including the bytes of the
+    nibble-split order (byte b of a word = code b | code 4 + b << 4)."""
+    w = torch.tensor([[0.50, -0.25, 0.10, 1.19, -0.60, 0.05], [-2.00, 0.30, 0.00, 0.70, 1.10, -0.40]])
+    packed = W4A8Grouped.from_float(w, "w4a8_g8")
+    assert packed.codes().tolist() == [[9, 3, 6, 15, 0, 5, 5, 5], [0, 10, 9, 12, 14, 7, 9, 9]]
+    assert packed.s1.tolist() == [[12], [13]] and packed.zs1.tolist() == [[60], [117]]
+    assert packed.int_weight().tolist() == [[48, -24, 12, 120, -60, 0, 0, 0], [-117, 13, 0, 39, 65, -26, 0, 0]]
+    assert packed.qweight.tolist() == [[0x09, 0x53, 0x56, 0x5F], [0xE0, 0x7A, 0x99, 0x9C]]
+    x_q, s_x = quantize_activation(torch.tensor([[1.0, -0.5, 0.25, 2.0, 0.0, -1.0]]), "w4a8_g8")
+    assert x_q.tolist() == [[64, -32, 16, 127, 0, -64]]
+    acc = x_q[0].long() @ packed.int_weight()[:, :6].long().T
+    assert acc.tolist() == [19272, -1287]
+    y = packed.linear(x_q, s_x, None, torch.float32)
+    assert torch.allclose(y, torch.tensor([[3.0356, -0.3408]]), atol=5e-5)
