@@ -21,28 +21,18 @@ import tempfile
 
 def compile_gemv(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, stages: int, cache_dir: str) -> dict:
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
+    from lowc.runtime.aot_compile import compile_for_target
     from lowc.runtime.bitplane_gemm import kernel_spec
     from lowc.runtime.kernel_cache import KernelCache
 
     fn = KernelCache(cache_dir).get(kernel_spec(fmt, "gemv"), capability="sm_90").kernel
     types = {"x_ptr": "*i8", "sx_ptr": "*fp32", "planes_ptr": "*u32", "scale_ptr": "*fp16", "zero_ptr": "*i8",
-             "bias_ptr": "*fp32", "out_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32",
-             "M": "i32", "N": "i32", "K": "i32", "KW": "i32", "KW32": "i32", "stride_xm": "i32"}
+             "bias_ptr": "*fp32", "out_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
     constexprs = dict(HAS_BIAS=False, EVEN_K=True, INTERPRETED=False, X_WORDS=True, BM=bm, BN=bn, BK=bk,
                       SPLIT_K=split, STAGES=stages)
-    sig, attrs = {}, {}
-    for idx, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            sig[name] = "constexpr"
-        else:
-            sig[name] = types[name]
-            if types[name].startswith("*") or name in ("N", "K", "KW", "KW32", "stride_xm"):
-                attrs[(idx,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    divisible = set(types) | {"N", "K", "KW", "KW32", "stride_xm"}
+    compiled = compile_for_target(fn, constexprs, types, divisible=divisible, num_warps=warps, num_stages=stages)
     tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
     cubin = os.path.join(cache_dir, "kernel.cubin")
     with open(cubin, "wb") as f:

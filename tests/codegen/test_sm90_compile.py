@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lowc.codegen.spec import spec_for_qlinear
+from lowc.runtime.aot_compile import compile_for_target
 from lowc.runtime.kernel_cache import KernelCache
 
 POINTER_TYPES = {"x_ptr": "*i8", "sx_ptr": "*fp32", "qw_ptr": "*u8", "s1_ptr": "*u8", "zs1_ptr": "*u8",
@@ -23,22 +24,6 @@ KERNELS = {
 }
 
 
-def _compile(fn, constexprs):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    sig, attrs = {}, {}
-    for idx, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            sig[name] = "constexpr"
-        else:
-            sig[name] = POINTER_TYPES.get(name, "i32")
-            attrs[(idx,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 3})
-
-
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 def test_w4a8_group_kernels_compile_for_sm90(kernel, tmp_path, monkeypatch):
     pytest.importorskip("triton.backends.nvidia")
@@ -46,5 +31,5 @@ def test_w4a8_group_kernels_compile_for_sm90(kernel, tmp_path, monkeypatch):
     # that cannot be compiled; the module imported here (fresh cache) is decorated without it.
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     module = KernelCache(tmp_path).get(spec_for_qlinear("w4a8_g128", torch.int8, torch.bfloat16), capability="sm_90").module
-    compiled = _compile(getattr(module, kernel), KERNELS[kernel])
+    compiled = compile_for_target(getattr(module, kernel), KERNELS[kernel], POINTER_TYPES, num_stages=3)
     assert compiled.asm["cubin"]  # ptxas accepted the kernel

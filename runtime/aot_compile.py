@@ -1,0 +1,36 @@
+"""Build a generated kernel ahead of time for a GPU target, on a machine without that GPU.
+
+Triton compiles for any `GPUTarget` without the device (ptxas ships with Triton), so the CPU-only CI
+can check that a template lowers for Hopper (the interpreter never runs the GPU compiler) and a
+bench can read the SASS of a tile it never launched:
+
+    compiled = compile_for_target(module.qlinear_kernel, {"BM": 16, ...}, {"x_ptr": "*i8", ...})
+    compiled.asm["cubin"], compiled.asm["ttgir"]
+
+`fn` must be a real `@triton.jit` function: a module imported while TRITON_INTERPRET=1 is set holds
+interpreted functions, which cannot be compiled.
+"""
+
+from __future__ import annotations
+
+
+def compile_for_target(fn, constexprs: dict, arg_types: dict, *, default_type: str = "i32", divisible=None,
+                       capability: int = 90, num_warps: int = 4, num_stages: int = 1):
+    """`fn` compiled for GPUTarget("cuda", capability, 32). Every argument not in `constexprs` takes its
+    type from `arg_types` (else `default_type`) and, if it is in `divisible` (default: all of them), the
+    divisible-by-16 specialization a launch with aligned tensors and sizes would give it."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig, attrs = {}, {}
+    for idx, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            sig[name] = "constexpr"
+            continue
+        sig[name] = arg_types.get(name, default_type)
+        if divisible is None or name in divisible:
+            attrs[(idx,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
