@@ -49,7 +49,7 @@ def main(argv=None):
         render.TEMPLATE_DIR = arms[arm]
         render._read_template.cache_clear()
         render._templates_hash.cache_clear()
-        gemm.default_cache()._keys.clear()  # the (spec, capability) -> key memo holds the template hash
+        gemm.default_cache().clear_memory()  # its keys hold the template hash
         div = divisors.get(arm)
         gemm._weight_row_words = (lambda spec, kw: kw // div) if div else row_words
 

@@ -150,9 +150,11 @@ class KernelCache:
             return buf
 
     def clear_memory(self) -> None:
-        """Forget imported modules (the disk level stays); tests use it to force a disk lookup."""
+        """Forget imported modules and the keys memo (the disk level stays): tests use it to force a disk
+        lookup, bench/template_ab.py to pick up templates read from another directory."""
         with self._lock:
             self._memory.clear()
+            self._keys.clear()
 
     # -- disk level --------------------------------------------------------------------------------
 
