@@ -34,7 +34,7 @@ HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 BATCHES = (16, 64)
 LENGTHS = (1024, 4096, 16384)
 L2_FLUSH_BYTES = 256 * 2**20  # rotate over copies until one pass of the graph reads this much
-CONFIG_SWEEP = [  # (BLOCK_N, warps, stages, split multiplier, unpack_asm, block_h, maxnreg, stage_k, stage_v); first = default
+CONFIG_SWEEP = [  # (BLOCK_N, warps, stages, split multiplier, unpack_asm, block_h, maxnreg, stage_k, stage_v[, q_int8]); first = default
     (128, 4, None, 1, True, 8, 128, False, False),  # stages None: the format's default (DEFAULT_STAGES)
     (128, 4, 2, 1, True, 8, 128, False, True), (128, 4, 3, 1, True, 8, 128, False, True),
     (128, 4, 2, 1, True, 8, 128, True, True), (128, 4, 2, 1, True, 16, 128, True, True),
@@ -48,7 +48,18 @@ BEFORE = 0  # index of the previous default in CONFIG_SWEEP (the default did not
 SMALL_PROGRAM_CAPS = {(32, 1): 168, (64, 1): None, (32, 2): 128, (64, 2): 168, (128, 2): 192}
 WARP_SWEEP = [(bn, warps, stages, mult, True, 8, cap, False, False)
               for (bn, warps), cap in SMALL_PROGRAM_CAPS.items() for stages in (2, 3) for mult in (1, 2, 4)]
+# --int8: q . k on the INT8 MMA (DecodeConfig.q_int8), alone and with V staged (the default first).
+INT8_SWEEP = [(128, 4, None, 1, True, 8, 128, False, False),
+              (128, 4, None, 1, True, 8, 128, False, False, True), (128, 4, 2, 1, True, 8, 128, False, False, True),
+              (128, 4, 2, 1, True, 8, 128, False, True, True), (128, 4, 3, 1, True, 8, 128, False, True, True),
+              (128, 4, None, 2, True, 8, 128, False, False, True), (64, 4, 3, 1, True, 8, 128, False, False, True),
+              (128, 4, None, 1, True, 16, 128, False, False, True)]
 SHORT_TOP = 4  # --warps: at S < 4096 only the default and the SHORT_TOP best configurations of the longer rows
+
+
+def padded(entry) -> tuple:
+    """A sweep entry with its optional last field (q_int8, default False) filled in."""
+    return tuple(entry) + (False,) * (10 - len(entry))
 
 
 def cache_bytes(fmt: str, b: int, s: int) -> int:
@@ -170,7 +181,7 @@ def _compile_one(job) -> str:
     fmt, cfg_tuple = job
     from lowc.runtime.attention import DecodeConfig, attention_kv_triton
 
-    bn, warps, stages, _mult, asm, block_h, maxnreg, stage_k, stage_v = cfg_tuple
+    bn, warps, stages, _mult, asm, block_h, maxnreg, stage_k, stage_v, q_int8 = padded(cfg_tuple)
     b, s = 1, 256
     q = torch.randn(b, HEADS, 1, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
     parts = random_cache(fmt, b, s, 0)
@@ -178,24 +189,25 @@ def _compile_one(job) -> str:
     lens = torch.full((b,), s - 1, device="cuda")
     for splits in (1, 2):
         cfg = DecodeConfig(BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm,
-                           block_h=block_h, maxnreg=maxnreg, stage_k=stage_k, stage_v=stage_v)
+                           block_h=block_h, maxnreg=maxnreg, stage_k=stage_k, stage_v=stage_v, q_int8=q_int8)
         try:
             attention_kv_triton(q, parts[:half], parts[half:], torch.arange(b, device="cuda"), lens,
-                                torch.ones(b, dtype=torch.int64, device="cuda"), HEAD_DIM**-0.5, -1, fmt, decode=cfg)
+                                torch.ones(b, dtype=torch.int64, device="cuda"), HEAD_DIM**-0.5, -1,
+                                cache_format(fmt)[0], decode=cfg)
         except Exception as e:  # reported again, with the configuration, by the timed sweep
             return f"{fmt} {cfg_tuple}: {type(e).__name__}"
     torch.cuda.synchronize()
     return ""
 
 
-def precompile(sweep, workers: int) -> None:
+def precompile(sweep, workers: int, formats=("kv4", "kv8")) -> None:
     """Compile every (format, configuration) of the sweep in `workers` processes at once (the device
     machine has many cores; one compile is ~3 s of one core), filling Triton's on-disk cache."""
     import concurrent.futures
     import multiprocessing
 
     t0 = time.time()
-    jobs = [(fmt, tuple(c)) for c in sweep for fmt in ("kv4", "kv8")]
+    jobs = [(fmt, padded(c)) for c in sweep for fmt in formats]
     jobs = list(dict.fromkeys((f, c[:3] + (1,) + c[4:]) for f, c in jobs))  # the multiplier compiles nothing
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
@@ -233,12 +245,13 @@ def run_attention(quick: bool, sweep_all=None, rep: int = 40, partial_json: str 
                     sweep = [c for i, c in enumerate(sweep_all) if i == BEFORE or tuple(c) in top]
                 results = []
                 for entry in sweep:
-                    bn, warps, stages, mult, asm, block_h, maxnreg, stage_k, stage_v = entry
+                    bn, warps, stages, mult, asm, block_h, maxnreg, stage_k, stage_v, q_int8 = padded(entry)
                     if not fmt.startswith("kv4") and not asm:
                         continue  # the unpacking choice only exists for kv4
                     splits = max(1, default_splits(b * KV_HEADS, s, q.device, bn) * mult)
                     cfg = DecodeConfig(BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm,
-                                       block_h=block_h, maxnreg=maxnreg, stage_k=stage_k, stage_v=stage_v)
+                                       block_h=block_h, maxnreg=maxnreg, stage_k=stage_k, stage_v=stage_v,
+                                       q_int8=q_int8)
                     try:
                         t = bench_ms(make(cfg), rep)
                         err = check(cfg) if s <= 4096 else None
@@ -246,7 +259,7 @@ def run_attention(quick: bool, sweep_all=None, rep: int = 40, partial_json: str 
                         print(f"  {fmt} {cfg}: {type(e).__name__}: {str(e)[:200]}", flush=True)
                         continue
                     results.append({"config": [bn, warps, stages or DEFAULT_STAGES[cache_format(fmt)[0]], splits, asm, block_h, maxnreg,
-                                               stage_k, stage_v],
+                                               stage_k, stage_v, q_int8],
                                     "entry": list(entry), "us": t * 1e3,
                                     "rel_err": err})
                     if s >= 4096:
@@ -323,7 +336,7 @@ def table(result: dict) -> str:
         f"read bandwidth {bw:.2f} TB/s (4 GiB sum), copy {result['copy_bw_bytes_per_s'] / 1e12:.2f} TB/s (read + write). "
         "Times in µs (CUDA-graph replay, median); floor % = (bytes read / read bandwidth) / time; speed-up = SDPA "
         "time / lowc time; before = the previous default launch (CONFIG_SWEEP[BEFORE]) in the same run; "
-        "config = [BLOCK_N, warps, stages, splits, inline-PTX unpack, block_h, maxnreg, stage_k, stage_v].",
+        "config = [BLOCK_N, warps, stages, splits, inline-PTX unpack, block_h, maxnreg, stage_k, stage_v, q_int8].",
         "",
     ]
     fmts = [f for f in ("kv4", "kv4k2", "kv8") if result["rows"] and f in result["rows"][0]]
@@ -356,6 +369,8 @@ def main() -> None:
     p.add_argument("--markdown", help="print the markdown table of a results JSON and exit")
     p.add_argument("--warps", action="store_true",
                    help="sweep the default against one- and two-warp programs (WARP_SWEEP) instead of CONFIG_SWEEP")
+    p.add_argument("--int8", action="store_true",
+                   help="sweep the default against INT8 q . k (DecodeConfig.q_int8, INT8_SWEEP) instead of CONFIG_SWEEP")
     p.add_argument("--rep", type=int, default=40, help="milliseconds of graph replay per timing")
     p.add_argument("--precompile", type=int, default=0, metavar="N", help="compile the sweep in N processes first")
     p.add_argument("--compile-only", action="store_true", help="with --precompile: stop after compiling")
@@ -377,9 +392,9 @@ def main() -> None:
             result["launches"] = count_launches()
         except Exception as e:  # the launch count needs every op's kernel; report what broke
             print(f"launch count failed: {type(e).__name__}: {e}", flush=True)
-    sweep = CONFIG_SWEEP[:BEFORE + 1] + WARP_SWEEP if args.warps else CONFIG_SWEEP
+    sweep = CONFIG_SWEEP[:BEFORE + 1] + WARP_SWEEP if args.warps else INT8_SWEEP if args.int8 else CONFIG_SWEEP
     if args.precompile:
-        precompile(sweep[:BEFORE + 1] if args.quick else sweep, args.precompile)
+        precompile(sweep[:BEFORE + 1] if args.quick else sweep, args.precompile, tuple(args.formats.split(",")))
         if args.compile_only:
             return
     result.update(run_attention(args.quick, sweep, args.rep, args.json and args.json + ".partial",

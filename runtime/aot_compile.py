@@ -15,10 +15,11 @@ from __future__ import annotations
 
 
 def compile_for_target(fn, constexprs: dict, arg_types: dict, *, default_type: str = "i32", divisible=None,
-                       capability: int = 90, num_warps: int = 4, num_stages: int = 1):
+                       capability: int = 90, num_warps: int = 4, num_stages: int = 1, **options):
     """`fn` compiled for GPUTarget("cuda", capability, 32). Every argument not in `constexprs` takes its
     type from `arg_types` (else `default_type`) and, if it is in `divisible` (default: all of them), the
-    divisible-by-16 specialization a launch with aligned tensors and sizes would give it."""
+    divisible-by-16 specialization a launch with aligned tensors and sizes would give it. Further keyword
+    arguments are compiler options, as a launch passes them (e.g. maxnreg=128)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -33,4 +34,4 @@ def compile_for_target(fn, constexprs: dict, arg_types: dict, *, default_type: s
             attrs[(idx,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", capability, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+                          options={"num_warps": num_warps, "num_stages": num_stages, **options})

@@ -58,6 +58,7 @@ class DecodeConfig:
     maxnreg: int | None = 128
     stage_k: bool = False  # dequantized K tile through shared memory in the 16-bit MMA layout (template: staged())
     stage_v: bool = False  # same for V (no byte-wise V gathers); measured no faster, see docs/kernels-attention.md
+    q_int8: bool = False  # kv4/kv8: q rounded to INT8 (one scale per row) so q . k runs on the INT8 MMA
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
                 GROUP=group, HEAD_DIM=d, D_LOAD=d_load, BLOCK_H=block_h, BLOCK_N=cfg.BLOCK_N,
                 SPLIT=splits > 1, PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted,
                 STAGE_K=cfg.stage_k and fmt != "kv16", STAGE_V=cfg.stage_v and fmt != "kv16", K_GROUPS=k_groups,
+                Q_INT8=cfg.q_int8 and fmt != "kv16",
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages or DEFAULT_STAGES[fmt],
                 **_register_cap(cfg.maxnreg, interpreted),
             )

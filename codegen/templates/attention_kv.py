@@ -179,6 +179,72 @@ def load_group_scales(s_ptr, z_ptr, tok, tmask, HALF: tl.constexpr):
 
 
 @triton.jit
+def q_row_scale(q_base, rows, rmask, stride_r, HEAD_DIM: tl.constexpr):
+    """One symmetric INT8 scale per query row (Q_INT8): max |q| / 127 over the whole head (1 for a
+    zero or masked row)."""
+    d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_base + rows[:, None] * stride_r + d[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
+    amax = tl.max(tl.abs(q), axis=1)
+    return tl.where(amax > 0, amax / 127.0, 1.0)
+
+
+@triton.jit
+def load_q_codes(q_base, rows, rmask, stride_r, q_scale, FIRST: tl.constexpr, N: tl.constexpr):
+    """Q_INT8: (qa, qb, qsum) of q rounded to INT8 codes with the row scales q_scale. kv4: the even and
+    odd columns 2j, 2j + 1 for j in FIRST .. FIRST + N (the bytes of a key tile that hold them), qsum
+    their int32 sum; kv8: columns FIRST .. FIRST + N as qa (qb, qsum unused zeros)."""
+    j = FIRST + tl.arange(0, N)
+    ptrs = q_base + rows[:, None] * stride_r
+    sc = q_scale[:, None]
+    if KV_BITS == 4:
+        qa = rint(tl.load(ptrs + 2 * j[None, :], mask=rmask[:, None], other=0.0).to(tl.float32) / sc).to(tl.int8)
+        qb = rint(tl.load(ptrs + 2 * j[None, :] + 1, mask=rmask[:, None], other=0.0).to(tl.float32) / sc).to(tl.int8)
+        qsum = tl.sum(qa.to(tl.int32), axis=1) + tl.sum(qb.to(tl.int32), axis=1)
+    else:
+        qa = rint(tl.load(ptrs + j[None, :], mask=rmask[:, None], other=0.0).to(tl.float32) / sc).to(tl.int8)
+        qb = tl.zeros(qa.shape, tl.int8)
+        qsum = tl.zeros((qa.shape[0],), tl.int32)
+    return qa, qb, qsum
+
+
+@triton.jit
+def nibble_codes(raw, INTERPRETED: tl.constexpr):
+    """(low, high) nibbles of a uint8 tile as int8 codes 0..15 for an INT8 dot. On the GPU four bytes
+    at a time in one inline-PTX block (one AND, one shift, one AND): the four bytes of a register stay
+    where the MMA operand wants them, where element-wise byte code re-packs them."""
+    if INTERPRETED:
+        return (raw & 15).to(tl.int8), (raw >> 4).to(tl.int8)
+    else:
+        return tl.inline_asm_elementwise(
+            asm="""{
+            and.b32 $0, $2, 0x0f0f0f0f;
+            shr.u32 $1, $2, 4;
+            and.b32 $1, $1, 0x0f0f0f0f;
+            }""",
+            constraints="=r,=r,r", args=[raw], dtype=(tl.int8, tl.int8), is_pure=True, pack=4)
+
+
+@triton.jit
+def int8_scores(qa, qb, qsum, q_factor, d_ptr, s, z, tok, tmask, FIRST: tl.constexpr, NBYTES: tl.constexpr,
+                D_LOAD: tl.constexpr, INTERPRETED: tl.constexpr):
+    """Q_INT8 scores over the key bytes FIRST .. FIRST + NBYTES of each token (a whole head, or one of
+    two key groups), times q_factor (the row's q scale and the softmax scale): float32 [rows, BLOCK_N].
+    The codes go to an INT8 dot as they are: kv8 bytes directly, kv4 nibbles as bytes 0..15
+    (nibble_codes), so q . k_q is exact in int32 and the zero point comes out as z * sum(q codes)."""
+    j = FIRST + tl.arange(0, NBYTES)
+    raw = tl.load(d_ptr + tok[:, None] * D_LOAD + j[None, :], mask=tmask[:, None], other=0)
+    if KV_BITS == 4:
+        lo, hi = nibble_codes(raw, INTERPRETED)
+        acc = tl.dot(qa, tl.trans(lo), out_dtype=tl.int32)
+        acc = tl.dot(qb, tl.trans(hi), acc, out_dtype=tl.int32)
+        return (acc.to(tl.float32) * (q_factor[:, None] * s[None, :])
+                - (q_factor * qsum.to(tl.float32))[:, None] * (s * z)[None, :])
+    else:
+        acc = tl.dot(qa, tl.trans(raw), out_dtype=tl.int32)
+        return acc.to(tl.float32) * (q_factor[:, None] * s[None, :])
+
+
+@triton.jit
 def half_scores(qa, qb, qsum, d_ptr, s, z, tok, tmask, HALF: tl.constexpr, D_LOAD: tl.constexpr,
                 PRECISION: tl.constexpr, UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr):
     """kv4 q . k over one half of head_dim (bytes HALF * D_LOAD/2 ...) with that half's own scale s
@@ -265,7 +331,7 @@ def decode_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, UNPACK_ASM: tl.constexpr,
     INTERPRETED: tl.constexpr, STAGE_K: tl.constexpr = False, STAGE_V: tl.constexpr = False,
-    K_GROUPS: tl.constexpr = 1,
+    K_GROUPS: tl.constexpr = 1, Q_INT8: tl.constexpr = False,
 ):
     pair = tl.program_id(0)  # (batch row, KV head)
     split = tl.program_id(1)
@@ -281,7 +347,16 @@ def decode_kernel(
     h = tl.arange(0, BLOCK_H)
     hmask = h < GROUP
     q_base = q_ptr + b.to(tl.int64) * stride_qb + (kvh * GROUP) * stride_qh
-    if K_GROUPS == 2:  # kv4 keys with a scale/zero pair per half of head_dim
+    qk_scale = sm_scale * LOG2E
+    if Q_INT8:  # q as INT8 codes, one scale per row; the scores' dots run on the INT8 MMA
+        q_scale = q_row_scale(q_base, h, hmask, stride_qh, HEAD_DIM)
+        q_factor = q_scale * qk_scale
+        if K_GROUPS == 2:
+            qa, qb, qsum = load_q_codes(q_base, h, hmask, stride_qh, q_scale, 0, D_LOAD // 2)
+            qa1, qb1, qsum1 = load_q_codes(q_base, h, hmask, stride_qh, q_scale, D_LOAD // 2, D_LOAD // 2)
+        else:
+            qa, qb, qsum = load_q_codes(q_base, h, hmask, stride_qh, q_scale, 0, D_LOAD)
+    elif K_GROUPS == 2:  # kv4 keys with a scale/zero pair per half of head_dim
         qa, qb, qsum = load_q_half(q_base, h, hmask, stride_qh, 0, D_LOAD, INTERPRETED)
         qa1, qb1, qsum1 = load_q_half(q_base, h, hmask, stride_qh, 1, D_LOAD, INTERPRETED)
     else:
@@ -294,7 +369,6 @@ def decode_kernel(
     vs = vs_ptr + head_row
     vz = vz_ptr + head_row
 
-    qk_scale = sm_scale * LOG2E
     m = tl.full((BLOCK_H,), float("-inf"), tl.float32)
     l = tl.zeros((BLOCK_H,), tl.float32)
     acc_a = tl.zeros((BLOCK_H, D_LOAD), tl.float32)
@@ -312,15 +386,23 @@ def decode_kernel(
         if K_GROUPS == 2:
             nxt_k_s, nxt_k_z = load_group_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi, 0)  # prefetch
             nxt_k_s1, nxt_k_z1 = load_group_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi, 1)
-            s = half_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, 0, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED)
-            s += half_scores(qa1, qb1, qsum1, kd, k_s1, k_z1, tok, tmask, 1, D_LOAD, PRECISION, UNPACK_ASM,
-                             INTERPRETED)
-            s = s * qk_scale
+            if Q_INT8:
+                s = int8_scores(qa, qb, qsum, q_factor, kd, k_s, k_z, tok, tmask, 0, D_LOAD // 2, D_LOAD, INTERPRETED)
+                s += int8_scores(qa1, qb1, qsum1, q_factor, kd, k_s1, k_z1, tok, tmask, D_LOAD // 2, D_LOAD // 2,
+                                 D_LOAD, INTERPRETED)
+            else:
+                s = half_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, 0, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED)
+                s += half_scores(qa1, qb1, qsum1, kd, k_s1, k_z1, tok, tmask, 1, D_LOAD, PRECISION, UNPACK_ASM,
+                                 INTERPRETED)
+                s = s * qk_scale
             k_s1, k_z1 = nxt_k_s1, nxt_k_z1
         else:
             nxt_k_s, nxt_k_z = load_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi)  # prefetch
-            s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED,
-                            STAGE_K) * qk_scale
+            if Q_INT8:
+                s = int8_scores(qa, qb, qsum, q_factor, kd, k_s, k_z, tok, tmask, 0, D_LOAD, D_LOAD, INTERPRETED)
+            else:
+                s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED,
+                                STAGE_K) * qk_scale
         nxt_v_s, nxt_v_z = load_scales(vs, vz, tok + BLOCK_N, tok + BLOCK_N < hi)
         s = tl.where(tmask[None, :], s, float("-inf"))
         p, m, l, acc_a, acc_b = online_softmax_step(s, m, l, acc_a, acc_b)

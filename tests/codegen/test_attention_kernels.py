@@ -130,6 +130,33 @@ def test_two_key_groups_decode_and_prefill(cache, dtype):
         attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.2, -1, "kv4", cache=cache)
 
 
+def int8_rounded_queries(q):
+    """q as the Q_INT8 decode kernel sees it: per (row, head) symmetric INT8 codes times max|q| / 127."""
+    scale = q.float().abs().amax(-1, keepdim=True) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.round(q.float() / scale).clamp(-127, 127) * scale
+
+
+@pytest.mark.parametrize("fmt,key_groups,d", [("kv8", 1, 32), ("kv4", 1, 32), ("kv4", 2, 64)])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_decode_int8_queries(cache, fmt, key_groups, d, splits):
+    """DecodeConfig.q_int8: q . k on the INT8 MMA with q rounded to INT8 per row. float32 equals the
+    reference run on those rounded queries to float32 rounding (codes, zero points and the q-code sum
+    are exact); bf16 stays within the bf16 tolerance of the plain reference."""
+    q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.float32, 1, [1, 1, 1], d=d, key_groups=key_groups)
+    ref = attention_kv_reference(int8_rounded_queries(q), kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt)
+    out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt, cache=cache,
+                              decode=DecodeConfig(BLOCK_N=16, num_splits=splits, q_int8=True))
+    assert rel_err(out, ref) < TOLERANCE[torch.float32]
+    plain = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt)
+    assert rel_err(out, plain) > 1e-5  # the rounding of q is visible: the INT8 path really ran
+    q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.bfloat16, 1, [1, 1, 1], d=d, key_groups=key_groups)
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt)
+    out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt, cache=cache,
+                              decode=DecodeConfig(BLOCK_N=16, num_splits=splits, q_int8=True))
+    assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
+
+
 def test_unsupported_shapes_are_named(cache):
     q, kc, vc, slot_ids, cache_lens, new = step("kv4", torch.float32, 1, [1, 1, 1], d=24)
     with pytest.raises(KernelError, match="power of two"):
@@ -210,3 +237,20 @@ def test_gpu_one_and_two_warp_programs(fmt, block_n, warps, maxnreg):
                                   decode=DecodeConfig(BLOCK_N=block_n, num_warps=warps, num_splits=splits,
                                                       num_stages=2, maxnreg=maxnreg))
         assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt,key_groups", [("kv8", 1), ("kv4", 1), ("kv4", 2)])
+def test_gpu_int8_queries(fmt, key_groups):
+    """DecodeConfig.q_int8 at Llama-3-8B head shapes (bf16), with and without V staged: within the bf16
+    tolerance of the reference, and close to the reference run on the INT8-rounded queries."""
+    q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.bfloat16, 1, [1, 1, 1], history=(2000, 65, 700),
+                                                heads=32, hkv=8, d=128, max_tokens=2048, key_groups=key_groups)
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
+    rounded = attention_kv_reference(int8_rounded_queries(q).to(q.dtype), kc, vc, slot_ids, cache_lens, new,
+                                     128**-0.5, -1, fmt)
+    for stage_v in (False, True):
+        out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt,
+                                  decode=DecodeConfig(num_splits=4, q_int8=True, stage_v=stage_v, num_stages=2))
+        assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
+        assert rel_err(out, rounded) < TOLERANCE[torch.bfloat16]
