@@ -48,7 +48,7 @@ BEFORE = 0  # index of the previous default in CONFIG_SWEEP (the default did not
 SMALL_PROGRAM_CAPS = {(32, 1): 168, (64, 1): None, (32, 2): 128, (64, 2): 168, (128, 2): 192}
 WARP_SWEEP = [(bn, warps, stages, mult, True, 8, cap, False, False)
               for (bn, warps), cap in SMALL_PROGRAM_CAPS.items() for stages in (2, 3) for mult in (1, 2, 4)]
-# --int8: q . k on the INT8 MMA (DecodeConfig.q_int8), alone and with V staged (the default first).
+# --int8: q . k on the INT8 MMA (DecodeConfig.q_int8, opt-in) under several launch choices, the default first.
 INT8_SWEEP = [(128, 4, None, 1, True, 8, 128, False, False),
               (128, 4, None, 1, True, 8, 128, False, False, True), (128, 4, 2, 1, True, 8, 128, False, False, True),
               (128, 4, 2, 1, True, 8, 128, False, True, True), (128, 4, 3, 1, True, 8, 128, False, True, True),

@@ -58,7 +58,11 @@ class DecodeConfig:
     maxnreg: int | None = 128
     stage_k: bool = False  # dequantized K tile through shared memory in the 16-bit MMA layout (template: staged())
     stage_v: bool = False  # same for V (no byte-wise V gathers); measured no faster, see docs/kernels-attention.md
-    q_int8: bool = False  # kv4/kv8: q rounded to INT8 (one scale per row) so q . k runs on the INT8 MMA
+    # kv4/kv8: q rounded to INT8 (one scale per row) so q . k runs on the INT8 MMA. Opt-in: 6-8% faster
+    # for kv4 and 12-15% for kv8 on the H200, but 2.6x the kernel's error against the reference at Llama
+    # shapes (bf16 kv4: 1.1e-2 against 4.1e-3) and one launch shape (BLOCK_N 64, one warp) computes
+    # wrongly; docs/kernels-attention.md, fourth round.
+    q_int8: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,19 @@ def _register_cap(maxnreg: int | None, interpreted: bool) -> dict:
     return {} if maxnreg is None or interpreted else {"maxnreg": int(maxnreg)}
 
 
+def int8_query_limits(fmt: str, head_dim: int, key_groups: int, cfg: DecodeConfig) -> str | None:
+    """Why DecodeConfig.q_int8 cannot run this shape (None when it can)."""
+    if fmt == "kv16":
+        return "q_int8 needs a kv8 or kv4 cache (kv16 keys are not integers)"
+    contraction = head_dim // 2 // key_groups if fmt == "kv4" else head_dim
+    if contraction < 32:
+        return (f"q_int8 needs an INT8 dot of >= 32 key bytes; a {fmt} head of {head_dim} in {key_groups} key "
+                f"group(s) gives {contraction}")
+    if cfg.num_warps == 1 and cfg.BLOCK_N == 64:
+        return "q_int8 with one warp and BLOCK_N 64 computes wrongly on the H200 (Triton 3.6); use 32 or 128"
+    return None
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -143,6 +160,10 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
     precision = "ieee" if q.dtype == torch.float32 else None
     group = h // hkv
     interpreted = q.device.type == "cpu"  # CPU tensors only run under TRITON_INTERPRET=1
+    if t == 1 and decode is not None and decode.q_int8:
+        why = int8_query_limits(fmt, d, k_groups, decode)
+        if why:
+            raise KernelError(f"attention_kv decode: {why}; or leave DecodeConfig.q_int8 off")
     loaded = cache.get(spec)
     try:
         if t == 1:
@@ -162,7 +183,7 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
                 GROUP=group, HEAD_DIM=d, D_LOAD=d_load, BLOCK_H=block_h, BLOCK_N=cfg.BLOCK_N,
                 SPLIT=splits > 1, PRECISION=precision, UNPACK_ASM=cfg.unpack_asm, INTERPRETED=interpreted,
                 STAGE_K=cfg.stage_k and fmt != "kv16", STAGE_V=cfg.stage_v and fmt != "kv16", K_GROUPS=k_groups,
-                Q_INT8=cfg.q_int8 and fmt != "kv16",
+                Q_INT8=cfg.q_int8,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages or DEFAULT_STAGES[fmt],
                 **_register_cap(cfg.maxnreg, interpreted),
             )

@@ -208,11 +208,11 @@ def load_q_codes(q_base, rows, rmask, stride_r, q_scale, FIRST: tl.constexpr, N:
 
 
 @triton.jit
-def nibble_codes(raw, INTERPRETED: tl.constexpr):
-    """(low, high) nibbles of a uint8 tile as int8 codes 0..15 for an INT8 dot. On the GPU four bytes
-    at a time in one inline-PTX block (one AND, one shift, one AND): the four bytes of a register stay
-    where the MMA operand wants them, where element-wise byte code re-packs them."""
-    if INTERPRETED:
+def nibble_codes(raw, UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr):
+    """(low, high) nibbles of a uint8 tile as int8 codes 0..15 for an INT8 dot. With UNPACK_ASM on the GPU
+    four bytes at a time in one inline-PTX block (one AND, one shift, one AND): the four bytes of a
+    register stay where the MMA operand wants them, where element-wise byte code re-packs them."""
+    if INTERPRETED or not UNPACK_ASM:
         return (raw & 15).to(tl.int8), (raw >> 4).to(tl.int8)
     else:
         return tl.inline_asm_elementwise(
@@ -226,7 +226,7 @@ def nibble_codes(raw, INTERPRETED: tl.constexpr):
 
 @triton.jit
 def int8_scores(qa, qb, qsum, q_factor, d_ptr, s, z, tok, tmask, FIRST: tl.constexpr, NBYTES: tl.constexpr,
-                D_LOAD: tl.constexpr, INTERPRETED: tl.constexpr):
+                D_LOAD: tl.constexpr, UNPACK_ASM: tl.constexpr, INTERPRETED: tl.constexpr):
     """Q_INT8 scores over the key bytes FIRST .. FIRST + NBYTES of each token (a whole head, or one of
     two key groups), times q_factor (the row's q scale and the softmax scale): float32 [rows, BLOCK_N].
     The codes go to an INT8 dot as they are: kv8 bytes directly, kv4 nibbles as bytes 0..15
@@ -234,7 +234,7 @@ def int8_scores(qa, qb, qsum, q_factor, d_ptr, s, z, tok, tmask, FIRST: tl.const
     j = FIRST + tl.arange(0, NBYTES)
     raw = tl.load(d_ptr + tok[:, None] * D_LOAD + j[None, :], mask=tmask[:, None], other=0)
     if KV_BITS == 4:
-        lo, hi = nibble_codes(raw, INTERPRETED)
+        lo, hi = nibble_codes(raw, UNPACK_ASM, INTERPRETED)
         acc = tl.dot(qa, tl.trans(lo), out_dtype=tl.int32)
         acc = tl.dot(qb, tl.trans(hi), acc, out_dtype=tl.int32)
         return (acc.to(tl.float32) * (q_factor[:, None] * s[None, :])
@@ -387,9 +387,10 @@ def decode_kernel(
             nxt_k_s, nxt_k_z = load_group_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi, 0)  # prefetch
             nxt_k_s1, nxt_k_z1 = load_group_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi, 1)
             if Q_INT8:
-                s = int8_scores(qa, qb, qsum, q_factor, kd, k_s, k_z, tok, tmask, 0, D_LOAD // 2, D_LOAD, INTERPRETED)
+                s = int8_scores(qa, qb, qsum, q_factor, kd, k_s, k_z, tok, tmask, 0, D_LOAD // 2, D_LOAD, UNPACK_ASM,
+                                INTERPRETED)
                 s += int8_scores(qa1, qb1, qsum1, q_factor, kd, k_s1, k_z1, tok, tmask, D_LOAD // 2, D_LOAD // 2,
-                                 D_LOAD, INTERPRETED)
+                                 D_LOAD, UNPACK_ASM, INTERPRETED)
             else:
                 s = half_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, 0, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED)
                 s += half_scores(qa1, qb1, qsum1, kd, k_s1, k_z1, tok, tmask, 1, D_LOAD, PRECISION, UNPACK_ASM,
@@ -399,7 +400,8 @@ def decode_kernel(
         else:
             nxt_k_s, nxt_k_z = load_scales(ks, kz, tok + BLOCK_N, tok + BLOCK_N < hi)  # prefetch
             if Q_INT8:
-                s = int8_scores(qa, qb, qsum, q_factor, kd, k_s, k_z, tok, tmask, 0, D_LOAD, D_LOAD, INTERPRETED)
+                s = int8_scores(qa, qb, qsum, q_factor, kd, k_s, k_z, tok, tmask, 0, D_LOAD, D_LOAD, UNPACK_ASM,
+                                INTERPRETED)
             else:
                 s = tile_scores(qa, qb, qsum, kd, k_s, k_z, tok, tmask, D_LOAD, PRECISION, UNPACK_ASM, INTERPRETED,
                                 STAGE_K) * qk_scale

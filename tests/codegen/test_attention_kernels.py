@@ -137,7 +137,7 @@ def int8_rounded_queries(q):
     return torch.round(q.float() / scale).clamp(-127, 127) * scale
 
 
-@pytest.mark.parametrize("fmt,key_groups,d", [("kv8", 1, 32), ("kv4", 1, 32), ("kv4", 2, 64)])
+@pytest.mark.parametrize("fmt,key_groups,d", [("kv8", 1, 32), ("kv4", 1, 64), ("kv4", 2, 128)])
 @pytest.mark.parametrize("splits", [1, 3])
 def test_decode_int8_queries(cache, fmt, key_groups, d, splits):
     """DecodeConfig.q_int8: q . k on the INT8 MMA with q rounded to INT8 per row. float32 equals the
@@ -155,6 +155,21 @@ def test_decode_int8_queries(cache, fmt, key_groups, d, splits):
     out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt, cache=cache,
                               decode=DecodeConfig(BLOCK_N=16, num_splits=splits, q_int8=True))
     assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
+    default = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt, cache=cache,
+                                  decode=DecodeConfig(BLOCK_N=16, num_splits=splits))
+    assert not torch.equal(default, out)  # off by default: float q . k
+
+
+def test_int8_queries_refuse_shapes_they_cannot_take(cache):
+    """q_int8 needs >= 32 key bytes per INT8 dot, a quantized cache, and not the one launch shape that
+    computes wrongly on the GPU: each a named error, never a silent fallback."""
+    cases = [("kv4", 2, 64, {}, "gives 16"), ("kv4", 1, 32, {}, "gives 16"), ("kv16", 1, 64, {}, "kv8 or kv4"),
+             ("kv4", 1, 64, {"num_warps": 1, "BLOCK_N": 64}, "one warp and BLOCK_N 64")]
+    for fmt, key_groups, d, launch, match in cases:
+        q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.float32, 1, [1, 1, 1], d=d, key_groups=key_groups)
+        with pytest.raises(KernelError, match=match):
+            attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.2, -1, fmt, cache=cache,
+                                decode=DecodeConfig(q_int8=True, num_splits=1, **launch))
 
 
 def test_unsupported_shapes_are_named(cache):
@@ -242,15 +257,17 @@ def test_gpu_one_and_two_warp_programs(fmt, block_n, warps, maxnreg):
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt,key_groups", [("kv8", 1), ("kv4", 1), ("kv4", 2)])
 def test_gpu_int8_queries(fmt, key_groups):
-    """DecodeConfig.q_int8 at Llama-3-8B head shapes (bf16), with and without V staged: within the bf16
-    tolerance of the reference, and close to the reference run on the INT8-rounded queries."""
+    """DecodeConfig.q_int8 at Llama-3-8B head shapes (bf16), over launch shapes: within the bf16 tolerance
+    of the reference, and close to the reference run on the INT8-rounded queries."""
     q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.bfloat16, 1, [1, 1, 1], history=(2000, 65, 700),
                                                 heads=32, hkv=8, d=128, max_tokens=2048, key_groups=key_groups)
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
     rounded = attention_kv_reference(int8_rounded_queries(q).to(q.dtype), kc, vc, slot_ids, cache_lens, new,
                                      128**-0.5, -1, fmt)
-    for stage_v in (False, True):
+    launches = [dict(stage_v=True), dict(num_stages=3), dict(unpack_asm=False), dict(BLOCK_N=32, num_warps=1, maxnreg=168),
+                dict(BLOCK_N=64, num_warps=2, maxnreg=168)]
+    for launch in launches:
         out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt,
-                                  decode=DecodeConfig(num_splits=4, q_int8=True, stage_v=stage_v, num_stages=2))
+                                  decode=DecodeConfig(**{"num_splits": 4, "q_int8": True, "num_stages": 2, **launch}))
         assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
-        assert rel_err(out, rounded) < TOLERANCE[torch.bfloat16]
+        assert rel_err(out, rounded) < 8e-3  # 4.9e-3 measured (H200): the rounding of q is the difference
