@@ -18,6 +18,7 @@ skipped with the same warning.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import torch
@@ -28,6 +29,28 @@ from lowc.runtime.autotune import Autotuner, TileConfig, default_config, default
 from lowc.runtime.kernel_cache import KernelCache, LoadedKernel, default_cache
 
 MIN_CAPABILITY = (8, 0)
+# Programmatic dependent launch of the w4a8_g kernels: 0 off; 1 (default) the decode GEMV (gemv_kernel)
+# lets the next kernel of the stream launch and waits for the previous one at its start; 2 the
+# tensor-core kernel too (measured slower at M = 32). Needs compute capability 9.0; LOWC_PDL or
+# set_pdl() chooses (docs/kernels.md, "Programmatic dependent launch").
+_pdl_mode = int(os.environ.get("LOWC_PDL", "1"))
+
+
+def set_pdl(mode: int) -> None:
+    """Programmatic dependent launch mode of the w4a8_g kernels (see _pdl_mode)."""
+    global _pdl_mode
+    if mode not in (0, 1, 2):
+        raise ValueError(f"PDL mode must be 0 (off), 1 (the decode GEMV) or 2 (every w4a8_g kernel), got {mode}")
+    _pdl_mode = mode
+
+
+def _pdl_args(spec: KernelSpec, device: torch.device, gemv: bool) -> dict:
+    """Launch arguments for programmatic dependent launch (empty when off or not applicable)."""
+    if _pdl_mode < (1 if gemv else 2) or spec.family != "w4a8_g" or device.type != "cuda":
+        return {}
+    if torch.cuda.get_device_capability(device) < (9, 0):
+        return {}
+    return {"PDL": True, "launch_pdl": True}
 
 
 class ReferenceFallbackWarning(UserWarning):
@@ -156,6 +179,7 @@ def _launch(loaded: LoadedKernel, cfg, spec, cache, x2, sx, weight, bias_arg, ha
             BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K, GROUP_M=cfg.GROUP_M,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             **({"W_AS_B": True} if cfg.W_AS_B else {}),  # only the w4a8_g kernel has the parameter
+            **_pdl_args(spec, out.device, gemv=False),
         )
     except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
         raise KernelError(
@@ -182,7 +206,7 @@ def _launch_gemv(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, has_bias, o
             x2, sx, *weight, bias_arg, out, ws, tickets, m, n, kw, k // 8, x2.stride(0) // 8, kw // 8,
             HAS_BIAS=has_bias, EVEN_K=_even_k(spec, k, kw, cfg.BK), FAST=out.device.type == "cuda",
             BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_args(spec, out.device, gemv=True),
         )
     except Exception as e:
         raise KernelError(

@@ -53,6 +53,16 @@ def tile_coords(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.const
 
 
 @triton.jit
+def grid_dependency_wait(PDL: tl.constexpr):
+    """Programmatic dependent launch (a launch with launch_pdl, sm_90+): let the next kernel of the
+    stream begin launching now, then wait until the previous kernel has finished and its writes are
+    visible. Before this call a kernel may only read what no earlier kernel writes (the weights)."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
 def split_range(pid_k, k_tiles, SPLIT_K: tl.constexpr):
     """[first, last) K tiles of split pid_k; splits get near-equal contiguous shares."""
     per_split = tl.cdiv(k_tiles, SPLIT_K)

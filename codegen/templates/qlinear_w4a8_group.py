@@ -92,10 +92,11 @@ def qlinear_kernel(
     M, N, K, KW, stride_xm, stride_w32,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, FAST_DEQUANT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
-    W_AS_B: tl.constexpr = False,
+    W_AS_B: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     # FAST_DEQUANT (shared launcher argument) is unused: this format's unpacking is plain integer
     # code, the same on the GPU and under the interpreter.
+    grid_dependency_wait(PDL)  # PDL: launched as a programmatic dependent (runtime/gemm.py)
     pid_n, pid_m = tile_coords(tl.program_id(0), M, N, BM, BN, GROUP_M)
     rn = pid_n * BN + tl.arange(0, BN)
     rm = pid_m * BM + tl.arange(0, BM)
@@ -147,7 +148,7 @@ def gemv_kernel(
     x_ptr, sx_ptr, qw_ptr, s1_ptr, zs1_ptr, s0_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr,
     M, N, KW, KX8, stride_xm8, stride_w32,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, FAST: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """Decode (M <= 16) on the CUDA cores: no dequantized weight, no tensor cores (module docstring).
 
@@ -167,6 +168,7 @@ def gemv_kernel(
     x64 = x_ptr.to(tl.pointer_type(tl.int64))
     k_first, k_last = split_range(tl.program_id(1), tl.cdiv(KW, BK), SPLIT_K)
     acc = tl.zeros((BN, BM), dtype=tl.int32)
+    grid_dependency_wait(PDL)  # PDL: launched as a programmatic dependent (runtime/gemm.py)
     for kt in range(k_first, k_last):
         g = kt * GPT + rg
         w_ptrs = qw32 + rn_ld[:, None, None] * stride_w32 + g[None, :, None] * WPG + rj[None, None, :]
