@@ -6,7 +6,7 @@ Each point (Llama-3-8B linear shape, M) is timed by CUDA-graph replay (do_bench_
 a chain of launches of the same GEMM on rotating weight copies (>= 4x L2), as bench/gemm.py times it:
 cuBLAS BF16 (`torch.matmul`), then lowc's w4a8_g128 with the shipped tile table and PDL mode 0 (off),
 1 (the decode GEMV lets the next kernel launch and waits for the previous one at its start) and 2
-(the tensor-core kernel too); runtime/gemm.py set_pdl(). What PDL can hide is
+(the tensor-core kernel too); lowc.runtime.pdl.set_pdl(). What PDL can hide is
 the gap between dependent kernels (launch latency, the ramp before the first loads), which a decode
 step, a chain of such kernels in one graph, pays once per kernel. Every mode's output must equal mode
 0's bit for bit (checked; same integer accumulation, only the launch differs).
@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     from triton.testing import do_bench_cudagraph
 
     import lowc.runtime.gemm as gemm
+    from lowc.runtime.pdl import set_pdl
     from gemm import SHAPES, Rotating, copies_for, make_weight, make_x
 
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
@@ -54,12 +55,12 @@ def main(argv=None) -> int:
                                                 return_mode="median") * 1e3
             outs = {}
             for mode in MODES:
-                gemm.set_pdl(mode)
+                set_pdl(mode)
                 fn = Rotating(lambda w: gemm.qlinear_triton(x, sx, w, None, args.format, torch.bfloat16),
                               [(w,) for w in weights])
                 outs[mode] = gemm.qlinear_triton(x, sx, weights[0], None, args.format, torch.bfloat16)
                 row[f"pdl{mode}_us"] = do_bench_cudagraph(fn, rep=args.rep, return_mode="median") * 1e3
-            gemm.set_pdl(0)
+            set_pdl(1)  # the default
             row["exact"] = all(torch.equal(outs[0], outs[mode]) for mode in MODES)
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -24,6 +24,12 @@ def compile_for_target(fn, constexprs: dict, arg_types: dict, *, default_type: s
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    import inspect
+
+    # A constexpr parameter with a default that the caller leaves out takes its default, as at a
+    # launch (otherwise it would become a run-time i32 and both sides of its branches get compiled).
+    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.default is not inspect.Parameter.empty}
+    constexprs = {**{k: v for k, v in defaults.items() if k not in constexprs}, **constexprs}
     sig, attrs = {}, {}
     for idx, name in enumerate(fn.arg_names):
         if name in constexprs:

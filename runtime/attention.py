@@ -27,6 +27,7 @@ from lowc.codegen.spec import KernelSpec, dtype_name
 from lowc.errors import KernelError
 from lowc.ops.kv_ops import KV_PARTS, cache_groups
 from lowc.runtime.kernel_cache import KernelCache, default_cache
+from lowc.runtime.pdl import pdl_args
 
 KV_BITS = {"kv16": 16, "kv8": 8, "kv4": 4}
 MIN_SPLIT_TOKENS = 256  # a split shorter than this costs more in merging than it hides in latency
@@ -185,7 +186,7 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
                 STAGE_K=cfg.stage_k and fmt != "kv16", STAGE_V=cfg.stage_v and fmt != "kv16", K_GROUPS=k_groups,
                 Q_INT8=cfg.q_int8,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages or DEFAULT_STAGES[fmt],
-                **_register_cap(cfg.maxnreg, interpreted),
+                **_register_cap(cfg.maxnreg, interpreted), **pdl_args(q.device),
             )
         else:
             cfg = prefill or PrefillConfig()

@@ -42,6 +42,7 @@ from lowc.quant.bitplane import FAMILY_INT, FAMILY_PLANES, BitplaneSpec
 from lowc.quant.spec import as_spec
 from lowc.runtime.autotune import POLICIES, SHIPPED_DIR, ConfigTable, TileConfig, m_bucket
 from lowc.runtime.kernel_cache import KernelCache, default_cache
+from lowc.runtime.pdl import pdl_args
 
 REALIZATIONS = ("unpack", "binary", "gemv")
 TEMPLATES = {"unpack": "qlinear_bitplane_unpack", "binary": "qlinear_bitplane_binary", "gemv": "qlinear_bitplane_gemv"}
@@ -514,6 +515,7 @@ def _launch_gemv(loaded, spec: KernelSpec, cfg: TileConfig, grid, x2, sx, weight
             X_WORDS=x_words, BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, SPLIT_K=cfg.SPLIT_K,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             **({"STAGES": cfg.num_stages} if cfg.num_stages > 1 else {}),  # only when set: older kernel files lack it
+            **pdl_args(out.device),  # PDL from mode 2 (runtime/pdl.py: +3% geomean at M = 1, mixed per shape)
         )
     except Exception as e:
         raise KernelError(

@@ -31,6 +31,7 @@ from lowc.errors import KernelError, QuantizationError
 from lowc.ops.kv_ops import KV_PARTS, cache_groups
 from lowc.quant.spec import parse_format
 from lowc.runtime.kernel_cache import KernelCache, default_cache
+from lowc.runtime.pdl import pdl_args
 
 PROLOGUES = ("none", "rms_norm", "add_rms_norm", "silu_mul")
 KV_BITS = {"kv16": 16, "kv8": 8, "kv4": 4}
@@ -104,6 +105,7 @@ def act_quant_triton(prologue: str, x: torch.Tensor, fmt: str | None, r: torch.T
                 x2, r2, w, total, y, q, scale, k, x2.stride(0), r2.stride(0), float(eps),
                 PROLOGUE=prologue, QUANT=quant, BLOCK_K=block, num_warps=min(16, max(4, block // 1024)),
                 enable_fp_fusion=False,  # no multiply-add contraction: each op rounds as eager torch does
+                **pdl_args(x2.device),
             )
         except Exception as e:
             raise KernelError(f"Triton kernel {spec.name} ({prologue}) failed: {type(e).__name__}: {e}; "
@@ -164,6 +166,7 @@ def rope_store_triton(q, k, v, cos, sin, k_cache, v_cache, slot_ids, cache_lens,
                 ROPE_K=rope, HAS_V=v is not None, ROTATE=bool(rotate), CENTER_K=key_bias is not None,
                 RSQRT_D=d ** -0.5, HEAD_DIM=d, BLOCK_T=block_t, K_GROUPS=cache_groups(k_cache, fmt),
                 enable_fp_fusion=False,  # x*cos + rot*sin must not become an FMA: bit-exact RoPE
+                **pdl_args(q_out.device if q is not None else k.device),
             )
         except Exception as e:
             raise KernelError(f"Triton kernel {spec.name} failed: {type(e).__name__}: {e}; "

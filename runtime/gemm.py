@@ -18,7 +18,6 @@ skipped with the same warning.
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 
 import torch
@@ -27,30 +26,15 @@ from lowc.codegen.spec import KernelSpec, spec_for_qlinear
 from lowc.errors import KernelError, QuantizationError
 from lowc.runtime.autotune import Autotuner, TileConfig, default_config, default_tuner, device_slug
 from lowc.runtime.kernel_cache import KernelCache, LoadedKernel, default_cache
+from lowc.runtime.pdl import pdl_args
 
 MIN_CAPABILITY = (8, 0)
-# Programmatic dependent launch of the w4a8_g kernels: 0 off; 1 (default) the decode GEMV (gemv_kernel)
-# lets the next kernel of the stream launch and waits for the previous one at its start; 2 the
-# tensor-core kernel too (measured slower at M = 32). Needs compute capability 9.0; LOWC_PDL or
-# set_pdl() chooses (docs/kernels.md, "Programmatic dependent launch").
-_pdl_mode = int(os.environ.get("LOWC_PDL", "1"))
-
-
-def set_pdl(mode: int) -> None:
-    """Programmatic dependent launch mode of the w4a8_g kernels (see _pdl_mode)."""
-    global _pdl_mode
-    if mode not in (0, 1, 2):
-        raise ValueError(f"PDL mode must be 0 (off), 1 (the decode GEMV) or 2 (every w4a8_g kernel), got {mode}")
-    _pdl_mode = mode
 
 
 def _pdl_args(spec: KernelSpec, device: torch.device, gemv: bool) -> dict:
-    """Launch arguments for programmatic dependent launch (empty when off or not applicable)."""
-    if _pdl_mode < (1 if gemv else 2) or spec.family != "w4a8_g" or device.type != "cuda":
-        return {}
-    if torch.cuda.get_device_capability(device) < (9, 0):
-        return {}
-    return {"PDL": True, "launch_pdl": True}
+    """Programmatic dependent launch of the w4a8_g kernels (runtime/pdl.py): the GEMV from mode 1,
+    the tensor-core kernel from mode 2; the other templates have no PDL parameter."""
+    return pdl_args(device, 1 if gemv else 2) if spec.family == "w4a8_g" else {}
 
 
 class ReferenceFallbackWarning(UserWarning):

@@ -331,8 +331,9 @@ def decode_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_LOAD: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, UNPACK_ASM: tl.constexpr,
     INTERPRETED: tl.constexpr, STAGE_K: tl.constexpr = False, STAGE_V: tl.constexpr = False,
-    K_GROUPS: tl.constexpr = 1, Q_INT8: tl.constexpr = False,
+    K_GROUPS: tl.constexpr = 1, Q_INT8: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
+    grid_dependency_wait(PDL)  # PDL: launched as a programmatic dependent (runtime/pdl.py)
     pair = tl.program_id(0)  # (batch row, KV head)
     split = tl.program_id(1)
     b = pair // HKV

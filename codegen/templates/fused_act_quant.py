@@ -73,8 +73,9 @@ def rms_norm_row(x, w_ptr, k, K, eps, y_ptr):
 def act_quant_kernel(
     x_ptr, r_ptr, w_ptr, sum_ptr, y_ptr, q_ptr, s_ptr,
     K, stride_x, stride_r, eps,
-    PROLOGUE: tl.constexpr, QUANT: tl.constexpr, BLOCK_K: tl.constexpr,
+    PROLOGUE: tl.constexpr, QUANT: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    grid_dependency_wait(PDL)  # PDL: launched as a programmatic dependent (runtime/pdl.py)
     row = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, BLOCK_K)
     kmask = k < K

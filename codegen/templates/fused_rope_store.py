@@ -128,8 +128,9 @@ def rope_store_kernel(
     slot_ptr, clen_ptr, nlen_ptr, kb_ptr,
     T, HQ, HKV, MAX_TOKENS,
     ROPE_K: tl.constexpr, HAS_V: tl.constexpr, ROTATE: tl.constexpr, CENTER_K: tl.constexpr, RSQRT_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, K_GROUPS: tl.constexpr = 1,
+    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, K_GROUPS: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):
+    grid_dependency_wait(PDL)  # PDL: launched as a programmatic dependent (runtime/pdl.py)
     n_tb = tl.cdiv(T, BLOCK_T)
     b = tl.program_id(0) // n_tb
     tb = tl.program_id(0) % n_tb

@@ -135,7 +135,9 @@ def qlinear_kernel(
     M, N, K, KW, KW32, stride_xm,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, INTERPRETED: tl.constexpr, X_WORDS: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr, STAGES: tl.constexpr = 1,
+    PDL: tl.constexpr = False,
 ):
+    grid_dependency_wait(PDL)  # PDL: launched as a programmatic dependent (runtime/pdl.py)
     G: tl.constexpr = GROUP_SIZE if GROUP_SIZE > 0 else PC_SLICE  # columns per slice
     S: tl.constexpr = G // 32  # plane words per slice and row
     GPT: tl.constexpr = BK // G

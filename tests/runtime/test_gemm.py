@@ -333,37 +333,3 @@ def test_gpu_split_k_replays_in_a_cuda_graph():
         torch.cuda.synchronize()
         assert torch.equal(out, expected)
 
-
-def test_pdl_mode_is_validated_and_off_the_gpu_inert():
-    """set_pdl takes 0, 1 or 2 only; on CPU tensors (the interpreter) no PDL argument is passed."""
-    with pytest.raises(ValueError, match="PDL mode"):
-        gemm.set_pdl(3)
-    spec = spec_for_qlinear("w4a8_g128", torch.int8, torch.bfloat16)
-    gemm.set_pdl(2)
-    try:
-        assert gemm._pdl_args(spec, torch.device("cpu"), gemv=True) == {}
-    finally:
-        gemm.set_pdl(0)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("mode", [1, 2])
-@pytest.mark.parametrize("m", [1, 2, 16, 64])
-def test_gpu_pdl_launches_are_exact(mode, m):
-    """Programmatic dependent launch (set_pdl) changes how the w4a8_g kernels start, never what they
-    compute: the shipped configs' INT32 accumulators equal the reference, eagerly and replayed in a
-    CUDA graph of several dependent launches."""
-    packed, weight, xq, sx, _ = make_case("w4a8_g128", m, 4096, 4096, seed=30 + m, device="cuda")
-    raw = gemm.default_cache().get(spec_for_qlinear("w4a8_g128", torch.int8, torch.int32))
-    ref = raw.reference(xq, sx, weight, None, torch.int32)
-    gemm.set_pdl(mode)
-    try:
-        assert torch.equal(gemm.qlinear_triton(xq, sx, weight, None, "w4a8_g128", torch.int32), ref)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outs = [gemm.qlinear_triton(xq, sx, weight, None, "w4a8_g128", torch.int32) for _ in range(4)]
-        graph.replay()
-        torch.cuda.synchronize()
-        assert all(torch.equal(o, ref) for o in outs)
-    finally:
-        gemm.set_pdl(0)
