@@ -14,16 +14,14 @@ static counts come from here; run it with the device's Triton (3.6) on the path 
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sass_gemv import loop_mix  # noqa: E402
+from sass_gemv import disassemble, loop_mix  # noqa: E402
 
 POINTER_TYPES = {"q_ptr": "*bf16", "kd_ptr": "*u8", "ks_ptr": "*fp16", "kz_ptr": "*fp16", "vd_ptr": "*u8",
                  "vs_ptr": "*fp16", "vz_ptr": "*fp16", "slot_ptr": "*i64", "clen_ptr": "*i64", "nlen_ptr": "*i64",
@@ -53,13 +51,7 @@ def compile_decode(arg: str, cache_dir: str):
 
 
 def report(arg: str, compiled, cache_dir: str) -> str:
-    import triton
-
-    tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
-    cubin = os.path.join(cache_dir, "kernel.cubin")
-    Path(cubin).write_bytes(compiled.asm["cubin"])
-    sass = subprocess.run([f"{tools}/nvdisasm", "-c", cubin], capture_output=True, text=True, check=True).stdout
-    usage = subprocess.run([f"{tools}/cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
+    sass, usage = disassemble(compiled, cache_dir)
     regs, stack = re.search(r"REG:(\d+)", usage).group(1), re.search(r"STACK:(\d+)", usage).group(1)
     loop = loop_mix(sass)
     _, block_n, warps, *_ = arg.split(",")

@@ -33,14 +33,22 @@ def compile_gemv(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, st
                       SPLIT_K=split, STAGES=stages)
     divisible = set(types) | {"N", "K", "KW", "KW32", "stride_xm"}
     compiled = compile_for_target(fn, constexprs, types, divisible=divisible, num_warps=warps, num_stages=stages)
+    sass, usage = disassemble(compiled, cache_dir)
+    return {"registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+            "stack": int(re.search(r"STACK:(\d+)", usage).group(1)), "loop": loop_mix(sass)}
+
+
+def disassemble(compiled, cache_dir: str) -> tuple[str, str]:
+    """(SASS, resource usage) of a compiled kernel, from the nvdisasm and cuobjdump that ship with Triton."""
+    import triton
+
     tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
     cubin = os.path.join(cache_dir, "kernel.cubin")
     with open(cubin, "wb") as f:
         f.write(compiled.asm["cubin"])
     sass = subprocess.run([f"{tools}/nvdisasm", "-c", cubin], capture_output=True, text=True, check=True).stdout
     usage = subprocess.run([f"{tools}/cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
-    return {"registers": int(re.search(r"REG:(\d+)", usage).group(1)),
-            "stack": int(re.search(r"STACK:(\d+)", usage).group(1)), "loop": loop_mix(sass)}
+    return sass, usage
 
 
 def loop_mix(sass: str) -> collections.Counter:

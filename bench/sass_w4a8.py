@@ -17,13 +17,12 @@ import argparse
 import collections
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sass_gemv import loop_mix  # noqa: E402
+from sass_gemv import disassemble, loop_mix  # noqa: E402
 
 POINTER_TYPES = {"x_ptr": "*i8", "sx_ptr": "*fp32", "qw_ptr": "*u8", "s1_ptr": "*u8", "zs1_ptr": "*u8",
                  "s0_ptr": "*fp16", "bias_ptr": "*bf16", "out_ptr": "*bf16", "ws_ptr": "*i32", "cnt_ptr": "*i32"}
@@ -49,13 +48,7 @@ def compile_tile(tile: str, cache_dir: str):
 
 
 def report(compiled, cache_dir: str) -> str:
-    import triton
-
-    tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
-    cubin = os.path.join(cache_dir, "kernel.cubin")
-    Path(cubin).write_bytes(compiled.asm["cubin"])
-    sass = subprocess.run([f"{tools}/nvdisasm", "-c", cubin], capture_output=True, text=True, check=True).stdout
-    usage = subprocess.run([f"{tools}/cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
+    sass, usage = disassemble(compiled, cache_dir)
     whole = collections.Counter()
     for line in sass.splitlines():
         m = re.search(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[T\d]\s+)?([A-Z0-9_]+)", line)
