@@ -96,21 +96,21 @@ def test_gpu_graphed_decode_is_bit_identical_in_every_mode(scheme, batch, restor
     """A compiled model's graphed decode steps (the chain of lowc kernels PDL overlaps) give the same
     logits with PDL off, on the GEMV, and on every kernel that takes it: bit for bit for w4a8kv4 (integer
     split-K sums, a fixed-order attention merge); for w2a8 to rounding, because its grouped bit-plane
-    GEMMs may add float32 split-K partials with atomics in arrival order and pick their realization
-    by timing, so two runs can differ in the last bits with or without PDL (one failure of a bitwise
-    check on an H100 under `-n 8`; the same comparison run alone was exact in every mode)."""
+    GEMMs add float32 partial sums. The second run with PDL off is a control: a difference there is
+    not PDL's. (Session 8: the w2a8 batch-1 case failed in 2 of 4 full `pytest -m gpu -n 8 tests`
+    runs, H100 and H200, before the control existed; 9 runs alone and 8 at once in separate
+    processes were exact in every mode.)"""
     from lowc.tiny_models import tiny_model
 
     model = tiny_model("llama", layers=2, hidden=256, heads=4, kv_heads=2, dtype=torch.bfloat16).cuda()
     calib = torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(0))
     q = lowc.compile(model, scheme, calibration=calib, progress=False)
+    runs = (("off", 0), ("gemv", 1), ("all", 2), ("off again", 0))  # the second "off" is the control
     results = {}
-    for mode in MODES:
+    for tag, mode in runs:
         set_pdl(mode)
-        results[mode] = _graphed_decode_logits(q, batch, steps=6)
-    for mode in MODES[1:]:
-        for a, b in zip(results[0], results[mode]):
-            if scheme == "w4a8kv4":
-                assert torch.equal(a, b), mode
-            else:
-                torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
+        results[tag] = _graphed_decode_logits(q, batch, steps=6)
+    gaps = {tag: max(float((a.float() - b.float()).abs().max()) for a, b in zip(results["off"], results[tag]))
+            for tag, _ in runs[1:]}
+    limit = 0.0 if scheme == "w4a8kv4" else 2e-2  # w2a8: float split-K partials (docstring)
+    assert max(gaps.values()) <= limit, f"max |logit difference| against PDL off, per run: {gaps}"
