@@ -557,10 +557,8 @@ def qlinear_cuda(x, x_scale, weight, bias, fmt, out_dtype):
 
 
 def register_cuda_kernels() -> bool:
-    """lowc.runtime.gemm's registration, then this dispatcher on top of it; True if GPU kernels are active."""
+    """lowc.runtime.gemm's registration, which installs this module's dispatcher (qlinear_cuda) as
+    lowc::qlinear's CUDA kernel; True if GPU kernels are active."""
     from lowc.runtime import gemm
 
-    active = gemm.register_cuda_kernels()
-    if torch.cuda.is_available():
-        torch.library.register_kernel("lowc::qlinear", "cuda", qlinear_cuda)
-    return active
+    return gemm.register_cuda_kernels()

@@ -265,8 +265,14 @@ def qlinear_cuda(x, x_scale, weight, bias, fmt, out_dtype):
 
 
 def register_cuda_kernels() -> bool:
-    """Make the Triton kernels lowc::qlinear's CUDA implementation; True if GPU kernels are active."""
+    """Make the Triton kernels lowc::qlinear's CUDA implementation; True if GPU kernels are active.
+
+    What is registered is the whole dispatcher (lowc.runtime.bitplane_gemm.qlinear_cuda: bit-plane
+    formats there, every other format through qlinear_cuda here), so calling this after the bit-plane
+    registration cannot take bit-plane formats away (it did: they then reached spec_for_qlinear and
+    failed with KeyError 'bitplane')."""
     import lowc.ops  # noqa: F401  (defines lowc::qlinear)
+    from lowc.runtime.bitplane_gemm import qlinear_cuda as dispatch_qlinear
 
     if not torch.cuda.is_available():
         warnings.warn(
@@ -275,5 +281,5 @@ def register_cuda_kernels() -> bool:
             stacklevel=2,
         )
         return False
-    torch.library.register_kernel("lowc::qlinear", "cuda", qlinear_cuda)
+    torch.library.register_kernel("lowc::qlinear", "cuda", dispatch_qlinear)
     return any(gpu_support(i)[0] for i in range(torch.cuda.device_count()))

@@ -333,3 +333,17 @@ def test_gpu_split_k_replays_in_a_cuda_graph():
         torch.cuda.synchronize()
         assert torch.equal(out, expected)
 
+
+
+@pytest.mark.gpu
+def test_gpu_registering_again_keeps_bitplane_formats():
+    """gemm.register_cuda_kernels() after the bit-plane registration (another component, a test) must not
+    take bit-plane formats away from lowc::qlinear: it once did, and they failed with KeyError 'bitplane'."""
+    from lowc.runtime import bitplane_gemm
+
+    assert bitplane_gemm.register_cuda_kernels()
+    assert gemm.register_cuda_kernels()
+    packed, weight, xq, sx, _ = make_case("w2a8_g128_bp", 3, 256, 512, seed=7, device="cuda")
+    y = torch.ops.lowc.qlinear(xq, sx, weight, None, "w2a8_g128_bp", torch.bfloat16)
+    ref = type(packed).from_tensors("w2a8_g128_bp", weight, 512).linear(xq, sx, None, torch.float32)
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
