@@ -97,9 +97,10 @@ def test_gpu_graphed_decode_is_bit_identical_in_every_mode(scheme, batch, restor
     logits with PDL off, on the GEMV, and on every kernel that takes it: bit for bit for w4a8kv4 (integer
     split-K sums, a fixed-order attention merge); for w2a8 to rounding, because its grouped bit-plane
     GEMMs add float32 partial sums. The second run with PDL off is a control: a difference there is
-    not PDL's. (Session 8: the w2a8 batch-1 case failed in 2 of 4 full `pytest -m gpu -n 8 tests`
-    runs, H100 and H200, before the control existed; 9 runs alone and 8 at once in separate
-    processes were exact in every mode.)"""
+    not PDL's. (Session 8: the w2a8 cases failed in 3 of 5 full `pytest -m gpu -n 8 tests` runs
+    until the cause was found, not PDL: a test that re-ran gemm.register_cuda_kernels() earlier in
+    the same worker dropped bit-plane formats from lowc::qlinear's CUDA dispatch; see
+    test_gemm.py::test_gpu_registering_again_keeps_bitplane_formats.)"""
     from lowc.tiny_models import tiny_model
 
     model = tiny_model("llama", layers=2, hidden=256, heads=4, kv_heads=2, dtype=torch.bfloat16).cuda()
