@@ -96,7 +96,7 @@ def qlinear_kernel(
 ):
     # FAST_DEQUANT (shared launcher argument) is unused: this format's unpacking is plain integer
     # code, the same on the GPU and under the interpreter.
-    grid_dependency_wait(PDL)  # PDL: launched as a programmatic dependent (runtime/gemm.py)
+    grid_dependency_wait(PDL)  # PDL: launched as a programmatic dependent (runtime/pdl.py)
     pid_n, pid_m = tile_coords(tl.program_id(0), M, N, BM, BN, GROUP_M)
     rn = pid_n * BN + tl.arange(0, BN)
     rm = pid_m * BM + tl.arange(0, BM)
@@ -168,7 +168,7 @@ def gemv_kernel(
     x64 = x_ptr.to(tl.pointer_type(tl.int64))
     k_first, k_last = split_range(tl.program_id(1), tl.cdiv(KW, BK), SPLIT_K)
     acc = tl.zeros((BN, BM), dtype=tl.int32)
-    grid_dependency_wait(PDL)  # PDL: launched as a programmatic dependent (runtime/gemm.py)
+    grid_dependency_wait(PDL)  # PDL: launched as a programmatic dependent (runtime/pdl.py)
     for kt in range(k_first, k_last):
         g = kt * GPT + rg
         w_ptrs = qw32 + rn_ld[:, None, None] * stride_w32 + g[None, :, None] * WPG + rj[None, None, :]
