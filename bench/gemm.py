@@ -70,6 +70,11 @@ def copies_for(nbytes, l2_bytes):
     return max(1, min(8, math.ceil(4 * l2_bytes / max(1, nbytes))))
 
 
+def weight_copies(w0, l2_bytes):
+    """`w0` (a packed weight's tensors) and enough clones of it for copies_for's rotation past L2."""
+    return [w0] + [[t.clone() for t in w0] for _ in range(copies_for(sum(t.nbytes for t in w0), l2_bytes) - 1)]
+
+
 class Rotating:
     """A callable that runs `call(*inputs[i])` on the next of several input sets each time."""
 
@@ -253,7 +258,7 @@ def tune(args, l2, slug, deadline, log):
         spec = spec_of(fmt)
         for n, k in args.shapes:
             w0 = make_weight(fmt, n, k, 1)
-            weights = [w0] + [[t.clone() for t in w0] for _ in range(copies_for(sum(t.nbytes for t in w0), l2) - 1)]
+            weights = weight_copies(w0, l2)
             for m in args.tune_ms:
                 if time.time() > deadline:
                     print(f"tuning stopped at the time budget ({fmt} {n}x{k} M={m})", flush=True)
@@ -302,7 +307,7 @@ def measure(args, ceil, l2):
                 packed[fmt] = packed[base_format(fmt)]
                 continue
             w0 = make_weight(base_format(fmt), n, k, 3)
-            packed[fmt] = [w0] + [[t.clone() for t in w0] for _ in range(copies_for(sum(t.nbytes for t in w0), l2) - 1)]
+            packed[fmt] = weight_copies(w0, l2)
         for m in args.ms:
             xb = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             x8 = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8)

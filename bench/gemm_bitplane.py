@@ -160,7 +160,7 @@ def bitplane_rows(shapes, ms, formats, ceil, l2, slug, deadline, selector=None, 
         packed = {}
         for fmt in formats + BASELINE_FORMATS:
             w0 = base.make_weight(fmt, n, k, 3)
-            packed[fmt] = [w0] + [[t.clone() for t in w0] for _ in range(base.copies_for(sum(t.nbytes for t in w0), l2) - 1)]
+            packed[fmt] = base.weight_copies(w0, l2)
         for m in ms:
             if time.time() > deadline:
                 log(f"stopped at the time budget before {n}x{k} M={m}")

@@ -38,13 +38,13 @@ def main(argv=None) -> int:
 
     import lowc.runtime.gemm as gemm
     from lowc.runtime.pdl import set_pdl
-    from gemm import SHAPES, Rotating, copies_for, make_weight, make_x
+    from gemm import SHAPES, Rotating, copies_for, geomean, make_x, make_weight, weight_copies
 
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
     for n, k in SHAPES:
         w0 = make_weight(args.format, n, k, 1)
-        weights = [w0] + [[t.clone() for t in w0] for _ in range(copies_for(sum(t.nbytes for t in w0), l2) - 1)]
+        weights = weight_copies(w0, l2)
         wb = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
         wbs = [wb] + [wb.clone() for _ in range(copies_for(wb.nbytes, l2) - 1)]
         for m in args.ms:
@@ -76,11 +76,8 @@ def main(argv=None) -> int:
         print(f"| {r['N']}x{r['K']} | {r['M']} | {r['bf16_us']:.2f} | " + " | ".join(cells) + f" | {r['exact']} |")
     for mode in MODES:
         for m in args.ms:
-            ratios = [r["bf16_us"] / r[f"pdl{mode}_us"] for r in rows if r["M"] == m]
-            geo = 1.0
-            for v in ratios:
-                geo *= v
-            print(f"PDL {mode} M={m}: geomean x BF16 {geo ** (1 / len(ratios)):.2f}")
+            geo = geomean([r["bf16_us"] / r[f"pdl{mode}_us"] for r in rows if r["M"] == m])
+            print(f"PDL {mode} M={m}: geomean x BF16 {geo:.2f}")
     return 0
 
 

@@ -24,8 +24,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-SHAPES = [(4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336)]
+from gemm import SHAPES, Rotating, copies_for, timed  # noqa: E402  (the Llama-3-8B shapes bench/gemm.py times)
 
 
 @triton.jit
@@ -48,7 +47,6 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    from gemm import Rotating, copies_for, timed
 
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     out = torch.empty(1 << 20, dtype=torch.int32, device="cuda")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -51,8 +50,7 @@ def compile_decode(arg: str, cache_dir: str):
 
 
 def report(arg: str, compiled, cache_dir: str) -> str:
-    sass, usage = disassemble(compiled, cache_dir)
-    regs, stack = re.search(r"REG:(\d+)", usage).group(1), re.search(r"STACK:(\d+)", usage).group(1)
+    sass, regs, stack = disassemble(compiled, cache_dir)
     loop = loop_mix(sass)
     _, block_n, warps, *_ = arg.split(",")
     total = sum(loop.values())

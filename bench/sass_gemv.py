@@ -33,13 +33,13 @@ def compile_gemv(fmt: str, bm: int, bn: int, bk: int, split: int, warps: int, st
                       SPLIT_K=split, STAGES=stages)
     divisible = set(types) | {"N", "K", "KW", "KW32", "stride_xm"}
     compiled = compile_for_target(fn, constexprs, types, divisible=divisible, num_warps=warps, num_stages=stages)
-    sass, usage = disassemble(compiled, cache_dir)
-    return {"registers": int(re.search(r"REG:(\d+)", usage).group(1)),
-            "stack": int(re.search(r"STACK:(\d+)", usage).group(1)), "loop": loop_mix(sass)}
+    sass, registers, stack = disassemble(compiled, cache_dir)
+    return {"registers": registers, "stack": stack, "loop": loop_mix(sass)}
 
 
-def disassemble(compiled, cache_dir: str) -> tuple[str, str]:
-    """(SASS, resource usage) of a compiled kernel, from the nvdisasm and cuobjdump that ship with Triton."""
+def disassemble(compiled, cache_dir: str) -> tuple[str, int, int]:
+    """(SASS, registers, stack bytes) of a compiled kernel, from the nvdisasm and cuobjdump that ship
+    with Triton."""
     import triton
 
     tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
@@ -48,7 +48,17 @@ def disassemble(compiled, cache_dir: str) -> tuple[str, str]:
         f.write(compiled.asm["cubin"])
     sass = subprocess.run([f"{tools}/nvdisasm", "-c", cubin], capture_output=True, text=True, check=True).stdout
     usage = subprocess.run([f"{tools}/cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
-    return sass, usage
+    return sass, int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1))
+
+
+def opcode_counts(lines) -> collections.Counter:
+    """Opcode (without modifiers) counts of SASS lines, predicated or not."""
+    ops = collections.Counter()
+    for line in lines:
+        m = re.search(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[T\d]\s+)?([A-Z0-9_]+)", line)
+        if m:
+            ops[m.group(1).split(".")[0]] += 1
+    return ops
 
 
 def loop_mix(sass: str) -> collections.Counter:
@@ -60,12 +70,7 @@ def loop_mix(sass: str) -> collections.Counter:
         m = re.search(r"BRA `\((\.L_x_\d+)\)", l)
         if m and m.group(1) in labels and labels[m.group(1)] < i and i - labels[m.group(1)] > len(best):
             best = lines[labels[m.group(1)]:i + 1]
-    ops = collections.Counter()
-    for l in best:
-        m = re.search(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[T\d]\s+)?([A-Z0-9_]+)", l)
-        if m:
-            ops[m.group(1).split(".")[0]] += 1
-    return ops
+    return opcode_counts(best)
 
 
 def main(argv: list[str]) -> int:

@@ -14,15 +14,13 @@ where docs/kernels.md's "STS + LDSM" figures for the nibble-split join come from
 from __future__ import annotations
 
 import argparse
-import collections
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sass_gemv import disassemble, loop_mix  # noqa: E402
+from sass_gemv import disassemble, loop_mix, opcode_counts  # noqa: E402
 
 POINTER_TYPES = {"x_ptr": "*i8", "sx_ptr": "*fp32", "qw_ptr": "*u8", "s1_ptr": "*u8", "zs1_ptr": "*u8",
                  "s0_ptr": "*fp16", "bias_ptr": "*bf16", "out_ptr": "*bf16", "ws_ptr": "*i32", "cnt_ptr": "*i32"}
@@ -48,14 +46,9 @@ def compile_tile(tile: str, cache_dir: str):
 
 
 def report(compiled, cache_dir: str) -> str:
-    sass, usage = disassemble(compiled, cache_dir)
-    whole = collections.Counter()
-    for line in sass.splitlines():
-        m = re.search(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P[T\d]\s+)?([A-Z0-9_]+)", line)
-        if m:
-            whole[m.group(1).split(".")[0]] += 1
+    sass, regs, _ = disassemble(compiled, cache_dir)
+    whole = opcode_counts(sass.splitlines())
     loop = loop_mix(sass)
-    regs = re.search(r"REG:(\d+)", usage).group(1)
     allocs = compiled.asm["ttgir"].count("local_alloc")
     fmt = lambda c: " ".join(f"{op} {c[op]}" for op in SHARED_OPS)  # noqa: E731
     return (f"{regs} registers, {allocs} local_alloc; kernel {sum(whole.values())} instructions: {fmt(whole)}; "

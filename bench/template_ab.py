@@ -37,7 +37,7 @@ def main(argv=None):
 
     import lowc.codegen.render as render
     import lowc.runtime.gemm as gemm
-    from gemm import Rotating, copies_for, make_weight, make_x
+    from gemm import Rotating, make_weight, make_x, weight_copies
     from lowc.runtime.autotune import TileConfig
 
     arms = {"shipped": render.TEMPLATE_DIR}
@@ -61,7 +61,7 @@ def main(argv=None):
     for shape in sorted({p.split()[0] for p in points}):
         n, k = map(int, shape.split("x"))
         w0 = make_weight(args.format, n, k, 1)
-        weights = [w0] + [[t.clone() for t in w0] for _ in range(copies_for(sum(t.nbytes for t in w0), l2) - 1)]
+        weights = weight_copies(w0, l2)
         for key in [p for p in points if p.split()[0] == shape]:
             m = int(key.split()[1])
             x, sx = make_x(args.format, m, k, 2)

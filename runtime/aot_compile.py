@@ -13,6 +13,8 @@ interpreted functions, which cannot be compiled.
 
 from __future__ import annotations
 
+import inspect
+
 
 def compile_for_target(fn, constexprs: dict, arg_types: dict, *, default_type: str = "i32", divisible=None,
                        capability: int = 90, num_warps: int = 4, num_stages: int = 1, **options):
@@ -23,8 +25,6 @@ def compile_for_target(fn, constexprs: dict, arg_types: dict, *, default_type: s
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
-    import inspect
 
     # A constexpr parameter with a default that the caller leaves out takes its default, as at a
     # launch (otherwise it would become a run-time i32 and both sides of its branches get compiled).
