@@ -43,6 +43,7 @@ MAX_M_BUCKET = 8192
 POLICIES = ("miss", "off")
 GEMV_MAX_BM = 16  # the CUDA-core decode kernel unrolls its token loop: a few tokens per program
 GEMV_MAX_BK = 16384  # codes per row and program in the decode kernel (whole-K tiles up to K = 16K)
+MMA_REG_GROUP = 128  # the register-fragment kernel's K permutation is laid out for 128-code groups
 GEMV_DEFAULT_MAX_M = 4  # without a table entry, M up to this runs the decode kernel
 
 
@@ -60,12 +61,15 @@ class TileConfig:
     DEQUANT_FIRST: int = 0  # w4a8 only: dequantize W to INT8 once, then the W8A8 kernel (large M)
     GEMV: int = 0  # w4a8_g only: the CUDA-core dp4a decode kernel (M <= 16); BM = tokens per program
     W_AS_B: int = 0  # w4a8_g only: tokens are the MMA's A operand, the dequantized weight its B (see below)
+    MMA_REG: int = 0  # w4a8_g128 only: the Gluon kernel with weight fragments loaded into mma.sync registers
+    # (codegen/gluon_w4a8_g128.py): BM tokens (8-64), BN = 16 * num_warps * (1 or 2), BK = 128 or 256
 
     def to_dict(self) -> dict:
-        """The fields; W_AS_B only when set, so tables written before it existed stay byte-identical."""
+        """The fields; W_AS_B and MMA_REG only when set, so tables written before them stay byte-identical."""
         d = dataclasses.asdict(self)
-        if not self.W_AS_B:
-            del d["W_AS_B"]
+        for flag in ("W_AS_B", "MMA_REG"):
+            if not d[flag]:
+                del d[flag]
         return d
 
     @classmethod
@@ -85,7 +89,16 @@ class TileConfig:
         for name in ("BM", "BN", "BK", "GROUP_M", "num_warps"):
             if not pow2(getattr(self, name)):
                 problems.append(f"{name}={getattr(self, name)} is not a power of two")
-        if self.GEMV:
+        if self.MMA_REG:
+            if spec.family != "w4a8_g" or spec.group_size != MMA_REG_GROUP:
+                problems.append(f"MMA_REG exists only for w4a8_g{MMA_REG_GROUP}")
+            if self.BM not in (8, 16, 32, 64) or self.BK not in (128, 256):
+                problems.append("MMA_REG takes BM = 8-64 tokens and BK = 128 or 256 (one or two groups)")
+            if self.BN not in (16 * self.num_warps, 32 * self.num_warps):
+                problems.append("MMA_REG takes BN = 16 or 32 rows per warp (BN = 16 or 32 * num_warps)")
+            if self.GEMV or self.W_AS_B or self.DEQUANT_FIRST:
+                problems.append("MMA_REG is its own kernel: no GEMV, W_AS_B or DEQUANT_FIRST")
+        elif self.GEMV:
             if spec.family != "w4a8_g":
                 problems.append("GEMV exists only for the w4a8_g family")
             if self.BM > GEMV_MAX_BM or self.DEQUANT_FIRST:
@@ -229,6 +242,7 @@ def candidate_configs(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConf
         out += gemv_candidates(spec, m, n, k)
     if spec.family == "w4a8_g" and m <= 256:
         out += operand_candidates(spec, m, n, k)
+    out += mma_reg_candidates(spec, m, n, k)
     if two_pass and m >= 128:
         out += [TileConfig(128, 128, 128, 1, 8, 3, DEQUANT_FIRST=1), TileConfig(128, 128, 128, 1, 8, 4, DEQUANT_FIRST=1),
                 TileConfig(256, 128, 128, 1, 8, 3, DEQUANT_FIRST=1)]
@@ -241,6 +255,27 @@ def candidate_configs(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConf
         except KernelError:
             pass
     return valid
+
+
+def mma_reg_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig]:
+    """w4a8_g128, M <= 64: the register-fragment Gluon kernel (MMA_REG), 2-4 warps of 16-32 rows,
+    one or two groups per K tile, split-K so that the grid holds ~1-16 programs per SM (the space
+    measured on an H100, docs/kernels.md)."""
+    if spec.family != "w4a8_g" or spec.group_size != MMA_REG_GROUP or m > 64 or k % MMA_REG_GROUP:
+        return []
+    bm = max(8, m_bucket(m))
+    sms = _sm_count()
+    out = []
+    for bn, warps in ((32, 2), (64, 4), (128, 4)):
+        if bm == 64 and bn == 128:  # the x fragments of 64 tokens leave no registers for 2 row repeats
+            continue
+        for bk in (128, 256):
+            k_tiles = k // bk
+            programs = -(-n // bn) * -(-m // bm)
+            for split in (1, 2, 4, 8, 16):
+                if split <= k_tiles and sms * 0.75 <= programs * split <= sms * 16:
+                    out.append(TileConfig(bm, bn, bk, split, warps, 1, MMA_REG=1))
+    return out
 
 
 def operand_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig]:
