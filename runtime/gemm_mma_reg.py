@@ -1,7 +1,7 @@
 """Launching the register-fragment W4A8 g128 kernel (`TileConfig.MMA_REG`, codegen/gluon_w4a8_g128.py).
 
-The kernel is Gluon, which has no interpreter: it runs only on CUDA devices of compute capability
-8.0 or later (`mma.sync` INT8), with K a whole number of its K tiles (no padding inside the packed
+The kernel is Gluon, which has no interpreter: it runs only with a Triton that has Gluon, on CUDA
+devices of compute capability 8.0 or later (`mma.sync` INT8), with K a whole number of its K tiles (no padding inside the packed
 weight) and activation rows readable as 4-byte words. Where a stored MMA_REG config meets anything
 else, `runtime/gemm.py` runs the default config of the Triton templates instead.
 """
@@ -21,10 +21,22 @@ def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+@functools.lru_cache(maxsize=None)
+def has_gluon() -> bool:
+    """Gluon (triton.experimental.gluon with the Ampere MMA) exists in this Triton (3.5 and later)."""
+    try:
+        from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+        del mma_v2
+    except ImportError:
+        return False
+    return True
+
+
 def mma_reg_fits(cfg, x2: torch.Tensor, k: int, kw: int) -> bool:
-    """Whether `cfg` (an MMA_REG config) can run on this input."""
+    """Whether `cfg` (an MMA_REG config) can run on this input (and this Triton)."""
     return (
         x2.device.type == "cuda"
+        and has_gluon()
         and _capability(x2.device.index or 0) >= (8, 0)
         and k == kw
         and k % cfg.BK == 0

@@ -6,12 +6,19 @@ compiles for sm_90 with the MMA count its tile implies, no shared memory inside 
 PDL wait exactly when asked for. The GPU tests (tests/runtime/test_gemm_mma_reg.py) run it.
 """
 
+import os
+
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from lowc.codegen.gluon_w4a8_g128 import fragment_products
+if not torch.cuda.is_available():  # as every CPU test module: before Triton is first imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+pytest.importorskip("triton.experimental.gluon.language.nvidia.ampere", reason="this Triton has no Gluon")
+
+from lowc.codegen.gluon_w4a8_g128 import fragment_products  # noqa: E402
 
 POINTER_TYPES = {"x_ptr": "*i8", "sx_ptr": "*fp32", "qw_ptr": "*u8", "s1_ptr": "*u8", "zs1_ptr": "*u8",
                  "s0_ptr": "*fp16", "bias_ptr": "*bf16", "out_ptr": "*bf16", "ws_ptr": "*i32", "cnt_ptr": "*i32"}
