@@ -74,7 +74,8 @@ for (n, k) in SHAPES:
             set_pdl(1)
         res["rows"].append(row)
         print(f"{n}x{k} M={m}: bf16 {row['bf16_us']:.2f} shipped {row['shipped_us']:.2f} "
-              f"mma {row.get('mma_us', float('nan')):.2f} (no PDL {row.get('mma_nopdl_us', float('nan')):.2f}) {row.get('mma_cfg')} t={time.time() - t0:.0f}s", flush=True)
+              f"mma {row.get('mma_us', float('nan')):.2f} (no PDL {row.get('mma_nopdl_us', float('nan')):.2f}) "
+              f"{row.get('mma_cfg')} t={time.time() - t0:.0f}s", flush=True)
         del wb
         with open(os.path.join(out_dir, "mma_ab.json"), "w") as f:
             json.dump(res, f, indent=1)

@@ -1,9 +1,9 @@
 """Launching the register-fragment W4A8 g128 kernel (`TileConfig.MMA_REG`, codegen/gluon_w4a8_g128.py).
 
 The kernel is Gluon, which has no interpreter: it runs only with a Triton that has Gluon, on CUDA
-devices of compute capability 8.0 or later (`mma.sync` INT8), with K a whole number of its K tiles (no padding inside the packed
-weight) and activation rows readable as 4-byte words. Where a stored MMA_REG config meets anything
-else, `runtime/gemm.py` runs the default config of the Triton templates instead.
+devices of compute capability 8.0 or later (`mma.sync` INT8), with K a whole number of its K tiles
+(no padding inside the packed weight) and activation rows readable as 4-byte words. Where a stored
+MMA_REG config meets anything else, `runtime/gemm.py` runs the default config of the Triton templates.
 """
 
 from __future__ import annotations
