@@ -119,10 +119,12 @@ def qlinear_triton(
     def launch(cfg: TileConfig) -> None:
         if cfg.GEMV and not _gemv_fits(x2, k):
             cfg = default_config(spec, m, n, k, allow_gemv=False)
-        if cfg.MMA_REG and not mma_reg_fits(cfg, x2, k, kw):
+        if cfg.MMA_REG and not (x2.device.type == "cuda" and gpu_support(x2.device.index or 0)[0]
+                                and mma_reg_fits(cfg, x2, k, kw)):
             cfg = default_config(spec, m, n, k)
         if cfg.MMA_REG:
-            launch_mma_reg(cfg, spec, cache, x2, sx, weight, bias_arg, bias is not None, out, m, n, kw)
+            scratch = _splitk_scratch(cache, cfg, spec, out, m, n, -(-n // cfg.BN) * -(-m // cfg.BM))
+            launch_mma_reg(cfg, spec, x2, sx, weight, bias_arg, bias is not None, out, *scratch, m, n, kw)
         elif cfg.GEMV:
             _launch_gemv(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, bias is not None, out, m, n, k, kw)
         elif cfg.DEQUANT_FIRST:
@@ -152,14 +154,19 @@ def _weight_row_words(spec: KernelSpec, kw: int) -> int:
     return kw // 8 if spec.family == "w4a8_g" else kw // 4
 
 
+def _splitk_scratch(cache, cfg, spec, out, m, n, tiles):
+    """(partial-sum workspace, tickets) of a split-K launch over `tiles` output tiles: zeroed once and
+    left zeroed by every kernel's last program; `out` twice (never touched) when SPLIT_K == 1."""
+    if cfg.SPLIT_K == 1:
+        return out, out
+    acc_dtype = torch.int32 if spec.family in ("w8a8", "w4a8_g", "w4a8_pc") else torch.float32
+    return (cache.scratch("splitk_partial_sums", out.device, acc_dtype, m * n),
+            cache.scratch("splitk_tickets", out.device, torch.int32, tiles))
+
+
 def _launch(loaded: LoadedKernel, cfg, spec, cache, x2, sx, weight, bias_arg, has_bias, out, m, n, k, kw) -> None:
     grid = (-(-m // cfg.BM) * -(-n // cfg.BN), cfg.SPLIT_K)
-    if cfg.SPLIT_K > 1:
-        acc_dtype = torch.int32 if spec.family in ("w8a8", "w4a8_g", "w4a8_pc") else torch.float32
-        ws = cache.scratch("splitk_partial_sums", out.device, acc_dtype, m * n)
-        tickets = cache.scratch("splitk_tickets", out.device, torch.int32, grid[0])
-    else:
-        ws = tickets = out  # never touched when SPLIT_K == 1
+    ws, tickets = _splitk_scratch(cache, cfg, spec, out, m, n, grid[0])
     try:
         loaded.kernel[grid](
             x2, sx, *weight, bias_arg, out, ws, tickets, m, n, k, kw, x2.stride(0), _weight_row_words(spec, kw),
@@ -185,11 +192,7 @@ def _gemv_fits(x2: torch.Tensor, k: int) -> bool:
 def _launch_gemv(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, has_bias, out, m, n, k, kw) -> None:
     """Decode on the CUDA cores (`gemv_kernel` of the w4a8_g template): grid and split-K as `_launch`."""
     grid = (-(-m // cfg.BM) * -(-n // cfg.BN), cfg.SPLIT_K)
-    if cfg.SPLIT_K > 1:
-        ws = cache.scratch("splitk_partial_sums", out.device, torch.int32, m * n)
-        tickets = cache.scratch("splitk_tickets", out.device, torch.int32, grid[0])
-    else:
-        ws = tickets = out
+    ws, tickets = _splitk_scratch(cache, cfg, spec, out, m, n, grid[0])
     try:
         loaded.module.gemv_kernel[grid](
             x2, sx, *weight, bias_arg, out, ws, tickets, m, n, kw, k // 8, x2.stride(0) // 8, kw // 8,
