@@ -43,6 +43,11 @@ def candidates(fmt, realization, m, n, k):
     return bg.candidate_configs(bg.kernel_spec(fmt, realization), realization, m, n, k)
 
 
+def m_class(m):
+    """A token count with M's Triton specialization (1, a multiple of 16, or neither), for warming."""
+    return 1 if m == 1 else 16 if m % 16 == 0 else 3
+
+
 def _warm(jobs):
     """Worker: run each (fmt, realization, config, M class) once on a small problem with the same
     Triton specialization, filling Triton's on-disk cache; returns the number that failed."""
@@ -83,7 +88,7 @@ def prepare(shapes, ms, formats, workers, realizations=None):
                 for r in realizations or bg.REALIZATIONS:
                     if r == "binary" and m > BINARY_MAX_M:
                         continue
-                    jobs += [(fmt, r, c.to_dict(), 1 if m == 1 else 16) for c in candidates(fmt, r, m, n, k)]
+                    jobs += [(fmt, r, c.to_dict(), m_class(m)) for c in candidates(fmt, r, m, n, k)]
     compiled, failed = precompile(jobs, workers)
     print(f"precompiled {compiled} bit-plane (format, realization, config, M class), {failed} failed", flush=True)
 
@@ -353,7 +358,7 @@ def main(argv=None):
     print(f"({time.time() - t0:.0f}s)", flush=True)
     from lowc.runtime.autotune import default_tuner
 
-    base_jobs = [(fmt, default_tuner().config_for(base.spec_of(fmt), m, n, k, slug).to_dict(), 1 if m == 1 else 16)
+    base_jobs = [(fmt, default_tuner().config_for(base.spec_of(fmt), m, n, k, slug).to_dict(), m_class(m))
                  for fmt in BASELINE_FORMATS for n, k in shapes for m in args.ms]
     base_jobs = list({json.dumps(j, sort_keys=True): j for j in base_jobs}.values())
     failed = base.precompile(base_jobs, args.workers)

@@ -61,6 +61,12 @@ GEMV_MAX_BM = 4
 GEMV_MAX_M = 4  # the GEMV is a candidate up to this M (beyond, it re-reads the weight per 4 tokens)
 GEMV_MAX_SLICES = 32  # a K tile may span all of K = 4096 at g128 (whole-K programs, no split-K)
 GEMV_PC_SLICE = 128  # = PC_SLICE of the template
+# The register-fragment Gluon kernel (TileConfig.MMA_REG of the unpack realization,
+# codegen/gluon_bitplane.py): groups of 128 columns, 2..7 planes, decode-sized M.
+MMA_REG_GROUP = 128
+MMA_REG_MAX_PLANES = 7
+MMA_REG_BM = (8, 16)
+MMA_REG_BK = (128, 256, 512)
 FLOAT_OUT = ("bfloat16", "float16", "float32")
 
 
@@ -109,8 +115,6 @@ def check_config(spec: KernelSpec, realization: str, cfg: TileConfig) -> TileCon
     if spec.group_size and realization == "unpack" and (cfg.BK < spec.group_size or cfg.BK > UNPACK_MAX_GROUPS * spec.group_size):
         problems.append(f"an unpack K tile is 1 to {UNPACK_MAX_GROUPS} whole groups, so BK must be a power-of-two "
                         f"multiple of the group ({spec.group_size}) up to {UNPACK_MAX_GROUPS * spec.group_size}")
-    if realization == "unpack" and (cfg.BM < 16 or cfg.BN < 16):
-        problems.append("the unpack realization feeds tl.dot: BM and BN must be >= 16")
     if realization == "gemv":
         slice_ = spec.group_size or GEMV_PC_SLICE
         if cfg.BM > GEMV_MAX_BM:
@@ -119,6 +123,19 @@ def check_config(spec: KernelSpec, realization: str, cfg: TileConfig) -> TileCon
             problems.append(f"a GEMV K tile is 1 to {GEMV_MAX_SLICES} slices of {slice_} columns (the group, or "
                             f"{GEMV_PC_SLICE} per channel), so BK must be a power-of-two multiple of {slice_} up to "
                             f"{GEMV_MAX_SLICES * slice_}")
+    if cfg.MMA_REG:
+        if realization != "unpack":
+            problems.append("MMA_REG (the register-fragment kernel) is a tile of the unpack realization")
+        if spec.group_size != MMA_REG_GROUP or not 2 <= spec.w_bits <= MMA_REG_MAX_PLANES:
+            problems.append(f"MMA_REG takes groups of {MMA_REG_GROUP} and 2..{MMA_REG_MAX_PLANES} weight planes")
+        if cfg.BM not in MMA_REG_BM or cfg.BK not in MMA_REG_BK:
+            problems.append(f"MMA_REG takes BM in {MMA_REG_BM} tokens and BK in {MMA_REG_BK} (1, 2 or 4 groups)")
+        if cfg.BN not in (16 * cfg.num_warps, 32 * cfg.num_warps):
+            problems.append("MMA_REG takes BN = 16 or 32 rows per warp (BN = 16 or 32 * num_warps)")
+        if cfg.W_AS_B or cfg.num_stages != 1:
+            problems.append("MMA_REG is its own kernel: no W_AS_B, num_stages = 1 (it double-buffers in registers)")
+    elif realization == "unpack" and (cfg.BM < 16 or cfg.BN < 16):
+        problems.append("the unpack realization feeds tl.dot: BM and BN must be >= 16")
     if cfg.W_AS_B and realization != "unpack":
         problems.append("W_AS_B (tokens as the MMA's A operand) exists only for the unpack realization")
     if cfg.GEMV or cfg.DEQUANT_FIRST:
@@ -249,7 +266,7 @@ def candidate_configs(spec: KernelSpec, realization: str, m: int, n: int, k: int
 
         out += [wide(64, 2), wide(128, 2), wide(64, 4, stages=2), wide(64, 1, 1, 4), wide(64, 2, 1),
                 wide(128, 2, 1), wide(32, 4, stages=2)]
-        return _valid(spec, realization, out, 8)
+        return _valid(spec, realization, out, 8) + mma_reg_candidates(spec, m, n, k)
     elif m <= 64:
         bm = max(16, m_bucket(m))
         s64, s128 = split(bm, 64, _bk(spec, 256) if m <= 16 else bk), split(bm, 128)
@@ -265,6 +282,38 @@ def candidate_configs(spec: KernelSpec, realization: str, m: int, n: int, k: int
         # 256-wide tiles spill at 255 registers (float group sum + INT32 part): not candidates.
         out += [TileConfig(128, 128, bk, 1, 8, 4), TileConfig(64, 128, bk, 1, 4, 3), TileConfig(128, 64, bk, 1, 4, 3)]
     return _valid(spec, realization, out, 5)
+
+
+def mma_reg_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig]:
+    """Unpack realization, g128, 2..7 planes, M <= 16: the register-fragment Gluon kernel (MMA_REG),
+    4 warps of 16-32 rows, the two longest K tiles of 1-4 groups that fit the registers, split-K for
+    1.5-6 programs per SM (where the W4A8 kernel's winners lie on an H100: docs/kernels.md)."""
+    if spec.group_size != MMA_REG_GROUP or not 2 <= spec.w_bits <= MMA_REG_MAX_PLANES or m > 16 or k % MMA_REG_GROUP:
+        return []
+    bm = max(8, m_bucket(m))
+    sms = _sm_count()
+    out = []
+    for bn, warps in ((64, 4), (128, 4)):
+        # the two longest K tiles that fit the registers (more bytes in flight per thread)
+        bks = [bk for bk in MMA_REG_BK if mma_reg_fits_registers(spec.w_bits, bn, bm, bk // MMA_REG_GROUP, warps)]
+        for bk in bks[-2:]:
+            k_tiles = k // bk
+            programs = -(-n // bn) * -(-m // bm)
+            for split in (1, 2, 4, 8, 16):
+                if split <= k_tiles and sms * 1.5 <= programs * split <= sms * 6:
+                    out.append(TileConfig(bm, bn, bk, split, warps, 1, MMA_REG=1))
+    return _valid(spec, "unpack", out, 64)
+
+
+def mma_reg_fits_registers(planes: int, bn: int, bm: int, gpt: int, warps: int) -> bool:
+    """Whether an MMA_REG tile stays within 255 registers without spilling (sm_90 builds with Triton
+    3.6, 2026-11-22: each thread double-buffers GPT groups of 8 x-registers per 8 tokens and of
+    plane words for 2 rows per row repeat; spills began at 8 x-groups (BM 16, GPT 4), 8 row-groups
+    (2 repeats, GPT 4) and 32 plane words (7 planes, 2 repeats, GPT 2))."""
+    from lowc.codegen.gluon_bitplane import padded_planes
+
+    repeats = bn // (16 * warps)
+    return gpt * bm // 8 <= 4 and repeats * gpt <= 4 and repeats * gpt * padded_planes(planes) <= 16
 
 
 def _valid(spec: KernelSpec, realization: str, configs: list[TileConfig], limit: int) -> list[TileConfig]:
@@ -478,7 +527,12 @@ def qlinear_bitplane(
 
 def _launch(cache: KernelCache, spec: KernelSpec, cfg: TileConfig, x2, sx, weight, bias_arg, has_bias, out,
             m: int, n: int, k: int, kw: int) -> None:
-    loaded = cache.get(spec)
+    if cfg.MMA_REG:
+        from lowc.runtime.gemm import gpu_support
+        from lowc.runtime.gemm_mma_reg import mma_reg_fits
+
+        if not (x2.device.type == "cuda" and gpu_support(x2.device.index or 0)[0] and mma_reg_fits(cfg, x2, k, kw)):
+            cfg = default_config(spec, "unpack", m, n, k)  # the Triton tile: off the GPU, no Gluon, padded K
     grid = (-(-m // cfg.BM) * -(-n // cfg.BN), cfg.SPLIT_K)
     if cfg.SPLIT_K > 1:
         acc_dtype = torch.int32 if spec.group_size == 0 else torch.float32  # per channel reduces exact INT32
@@ -486,6 +540,12 @@ def _launch(cache: KernelCache, spec: KernelSpec, cfg: TileConfig, x2, sx, weigh
         tickets = cache.scratch("splitk_tickets", out.device, torch.int32, grid[0])
     else:
         ws = tickets = out  # never touched when SPLIT_K == 1
+    if cfg.MMA_REG:
+        from lowc.runtime.gemm_mma_reg import launch_bitplane_mma_reg
+
+        launch_bitplane_mma_reg(cfg, spec, x2, sx, weight, bias_arg, has_bias, out, ws, tickets, m, n, kw)
+        return
+    loaded = cache.get(spec)
     if spec.op == "qlinear_gemv":
         _launch_gemv(loaded, spec, cfg, grid, x2, sx, weight, bias_arg, has_bias, out, ws, tickets, m, n, k, kw)
         return

@@ -66,3 +66,43 @@ def launch_mma_reg(cfg, spec, x2, sx, weight, bias_arg, has_bias, out, ws, ticke
             f"Gluon kernel qlinear_mma_kernel for {spec.name} failed with {cfg} ({type(e).__name__}: {e}); "
             f"kernel file: {kernel_module.__file__}"
         ) from e
+
+
+@functools.lru_cache(maxsize=None)
+def _bitplane_layouts(bn: int, bm: int, gpt: int, warps: int, planes: int):
+    from lowc.codegen.gluon_bitplane import layouts
+
+    return layouts(bn, bm, gpt, warps, planes)
+
+
+# The zero term on the tensor cores (a second MMA chain per group) rather than folded into the weight
+# bytes: two integer operations fewer per four weights (codegen/gluon_bitplane.py).
+BITPLANE_ZERO_MMA = True
+
+
+def launch_bitplane_mma_reg(cfg, spec, x2, sx, weight, bias_arg, has_bias, out, ws, tickets, m, n, kw,
+                            zero_mma: bool | None = None) -> None:
+    """A bit-plane g128 qlinear (spec: its KernelSpec, w_bits planes) through the Gluon kernel: out is
+    the float output, or with out int32 [M, KW / 128, N] the per-group INT32 accumulators; ws (float32)
+    and tickets: the split-K scratch of the launcher (bitplane_gemm._launch); zero_mma: default
+    BITPLANE_ZERO_MMA (read at each call, so a benchmark can compare the two)."""
+    from lowc.codegen import gluon_bitplane as kernel_module
+
+    if zero_mma is None:
+        zero_mma = BITPLANE_ZERO_MMA
+
+    planes = spec.w_bits
+    grid = (-(-n // cfg.BN), cfg.SPLIT_K, -(-m // cfg.BM))
+    w_l, x_l, o_l = _bitplane_layouts(cfg.BN, cfg.BM, cfg.BK // 128, cfg.num_warps, planes)
+    try:
+        kernel_module.qlinear_bitplane_mma_kernel[grid](
+            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, kw, x2.stride(0), n * (kw // 32),
+            P=planes, PP=kernel_module.padded_planes(planes), HAS_BIAS=has_bias, RAW=out.dtype == torch.int32,
+            BN=cfg.BN, BM=cfg.BM, GPT=cfg.BK // 128, SPLIT_K=cfg.SPLIT_K, WARPS=cfg.num_warps, ZERO_MMA=zero_mma,
+            w_l=w_l, x_l=x_l, o_l=o_l, num_warps=cfg.num_warps, **pdl_args(out.device, 1),
+        )
+    except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
+        raise KernelError(
+            f"Gluon kernel qlinear_bitplane_mma_kernel for {spec.name} failed with {cfg} ({type(e).__name__}: {e}); "
+            f"kernel file: {kernel_module.__file__}"
+        ) from e
