@@ -44,12 +44,13 @@ from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 from lowc.codegen.gluon_w4a8_g128 import (
     BYTE_SIGN_BITS,
     _log2,
-    cta_barrier,
     int8_lanes,
     layouts as w4a8_layouts,
     load_x,
     pdl_launch_dependents,
     pdl_wait,
+    splitk_reduce,
+    x_word_offsets,
 )
 
 GROUP = gl.constexpr(128)
@@ -160,7 +161,6 @@ def qlinear_bitplane_mma_kernel(
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, 8])
     wl4: gl.constexpr = gl.SliceLayout(3, w_l)  # [BN, GPT, PP, 4]
     sc: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, gl.SliceLayout(2, w_l)))  # [BN, GPT], as tile_update's
-    x4_l: gl.constexpr = gl.SliceLayout(4, x_l)
     Q_OFFSET: gl.constexpr = 1 << (P - 1)
     pid_n = gl.program_id(0)
     pid_m = gl.program_id(2)
@@ -180,15 +180,7 @@ def qlinear_bitplane_mma_kernel(
     pn = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, sc))
     pg = gl.arange(0, GPT, layout=gl.SliceLayout(0, sc))
     p_off = (pn % N)[:, None] * NG + pg[None, :]
-    # activation words [BM, GPT, t, c, h] = int32 word 32 * group + 8t + 2c + h of the token's K tile
-    xm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, x4_l))))
-    xg = gl.arange(0, GPT, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, x4_l))))
-    xt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, x4_l))))
-    xc = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, x4_l))))
-    xh = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, x_l)))))
-    x_off = ((gl.minimum(xm, M - 1) * (stride_xm // 4))[:, None, None, None, None]
-             + (xg * 32)[None, :, None, None, None] + (xt * 8)[None, None, :, None, None]
-             + (xc * 2)[None, None, None, :, None] + xh[None, None, None, None, :])
+    x_off = x_word_offsets(pid_m, M, stride_xm, BM, GPT, x_l)
     planes_u32 = planes_ptr.to(gl.pointer_type(gl.uint32))
     x32 = x_ptr.to(gl.pointer_type(gl.int32))
 
@@ -214,15 +206,7 @@ def qlinear_bitplane_mma_kernel(
         mask = (on[:, None] < N) & (om[None, :] < M)
         is_last = True
         if SPLIT_K > 1:
-            offs = om[None, :] * N + on[:, None]
-            gl.atomic_add(ws_ptr + offs, y, mask=mask, sem="relaxed")
-            cta_barrier()
-            tile_id = pid_m * gl.num_programs(0) + pid_n
-            is_last = gl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel") == SPLIT_K - 1
-            if is_last:
-                y = gl.atomic_xchg(ws_ptr + offs, gl.zeros([BN, BM], gl.float32, layout=mma), mask=mask,
-                                   sem="relaxed")
-                gl.store(cnt_ptr + tile_id, 0)
+            y, is_last = splitk_reduce(y, ws_ptr, cnt_ptr, om[None, :] * N + on[:, None], mask, pid_m, pid_n, SPLIT_K)
         if is_last:
             sx = gl.load(sx_ptr + om, mask=om < M, other=0.0)
             yo = y * sx[None, :]

@@ -86,6 +86,38 @@ def pdl_wait():
 
 
 @gluon.jit
+def x_word_offsets(pid_m, M, stride_xm, BM: gl.constexpr, GPT: gl.constexpr, x_l: gl.constexpr):
+    """Offsets of the activation words [BM, GPT, 4 (t), 4 (c), 2 (h)] of a K tile: int32 word
+    32 * group + 8t + 2c + h of each token's row (tokens past M re-read row M - 1)."""
+    x4_l: gl.constexpr = gl.SliceLayout(4, x_l)
+    xm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, x4_l))))
+    xg = gl.arange(0, GPT, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, x4_l))))
+    xt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, x4_l))))
+    xc = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, x4_l))))
+    xh = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, x_l)))))
+    return ((gl.minimum(xm, M - 1) * (stride_xm // 4))[:, None, None, None, None]
+            + (xg * 32)[None, :, None, None, None] + (xt * 8)[None, None, :, None, None]
+            + (xc * 2)[None, None, None, :, None] + xh[None, None, None, None, :])
+
+
+@gluon.jit
+def splitk_reduce(acc, ws_ptr, cnt_ptr, offs, mask, pid_m, pid_n, SPLIT_K: gl.constexpr):
+    """Split-K as in the Triton templates: relaxed atomic adds of this program's partial tile into
+    the workspace, one acquire-release ticket per output tile; the program taking the last ticket
+    gets the sum (re-zeroing the workspace and the ticket for the next launch). Returns (the sum
+    in the last program, whether this program is the last)."""
+    gl.atomic_add(ws_ptr + offs, acc, mask=mask, sem="relaxed")
+    cta_barrier()
+    tile_id = pid_m * gl.num_programs(0) + pid_n
+    is_last = gl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel") == SPLIT_K - 1
+    if is_last:
+        acc = gl.atomic_xchg(ws_ptr + offs, gl.zeros_like(acc), mask=mask, sem="relaxed")
+        acc = gl.where(mask, acc, 0)
+        gl.store(cnt_ptr + tile_id, 0)
+    return acc, is_last
+
+
+@gluon.jit
 def mma_tile(acc, words, s1, zs1, xw, BN: gl.constexpr, BM: gl.constexpr, GPT: gl.constexpr,
              a_l: gl.constexpr, b_l: gl.constexpr):
     """acc += w8 . x^T over one K tile, in the permuted K order of the module docstring."""
@@ -115,7 +147,6 @@ def qlinear_mma_kernel(
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
     b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=4)
     p_l: gl.constexpr = gl.SliceLayout(2, gl.SliceLayout(3, w_l))
-    x4_l: gl.constexpr = gl.SliceLayout(4, x_l)
     pid_n = gl.program_id(0)
     pid_m = gl.program_id(2)
     n_groups = KW // GROUP
@@ -133,15 +164,7 @@ def qlinear_mma_kernel(
     pn = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, p_l))
     pg = gl.arange(0, GPT, layout=gl.SliceLayout(0, p_l))
     p_off = (pn % N)[:, None] * n_groups + pg[None, :]
-    # activation words [BM, group, t, c, h] = int32 word 32 * group + 8t + 2c + h of the token's K tile
-    xm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, x4_l))))
-    xg = gl.arange(0, GPT, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, x4_l))))
-    xt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, x4_l))))
-    xc = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, x4_l))))
-    xh = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, x_l)))))
-    x_off = ((gl.minimum(xm, M - 1) * (stride_xm // 4))[:, None, None, None, None]
-             + (xg * 32)[None, :, None, None, None] + (xt * 8)[None, None, :, None, None]
-             + (xc * 2)[None, None, None, :, None] + xh[None, None, None, None, :])
+    x_off = x_word_offsets(pid_m, M, stride_xm, BM, GPT, x_l)
     qw32 = qw_ptr.to(gl.pointer_type(gl.int32))
     x32 = x_ptr.to(gl.pointer_type(gl.int32))
 
@@ -164,15 +187,7 @@ def qlinear_mma_kernel(
     mask = (on[:, None] < N) & (om[None, :] < M)
     is_last = True
     if SPLIT_K > 1:
-        offs = om[None, :] * N + on[:, None]
-        gl.atomic_add(ws_ptr + offs, acc, mask=mask, sem="relaxed")
-        cta_barrier()
-        tile_id = pid_m * gl.num_programs(0) + pid_n
-        is_last = gl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel") == SPLIT_K - 1
-        if is_last:
-            acc = gl.atomic_xchg(ws_ptr + offs, gl.zeros([BN, BM], gl.int32, layout=mma), mask=mask, sem="relaxed")
-            acc = gl.where(mask, acc, 0)
-            gl.store(cnt_ptr + tile_id, 0)
+        acc, is_last = splitk_reduce(acc, ws_ptr, cnt_ptr, om[None, :] * N + on[:, None], mask, pid_m, pid_n, SPLIT_K)
     if is_last:
         if RAW:
             y = acc

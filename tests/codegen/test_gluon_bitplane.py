@@ -49,38 +49,22 @@ def test_replay_notices_a_wrong_activation_order():
     assert not torch.equal(fragment_products(v, zs, swapped, 3), expected.to(torch.int32))
 
 
-def _compile(p, bn, bm, gpt, split, warps, zero_mma, pdl, raw=False):
-    pytest.importorskip("triton.backends.nvidia")
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
+def _compile(compile_, p, bn, bm, gpt, split, warps, zero_mma, pdl, raw=False):
     from lowc.codegen import gluon_bitplane as m
 
     w_l, x_l, o_l = layouts(bn, bm, gpt, warps, p)
-    fn = m.qlinear_bitplane_mma_kernel
     const = dict(P=p, PP=padded_planes(p), HAS_BIAS=True, RAW=raw, BN=bn, BM=bm, GPT=gpt, SPLIT_K=split,
                  WARPS=warps, ZERO_MMA=zero_mma, w_l=w_l, x_l=x_l, o_l=o_l, PDL=pdl)
-    sig, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in const:
-            sig[name] = "constexpr"
-            continue
-        sig[name] = POINTER_TYPES.get(name, "i32")
-        if name == "out_ptr" and raw:
-            sig[name] = "*i32"
-        if name not in ("M", "N"):
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = GluonASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    types = dict(POINTER_TYPES, **({"out_ptr": "*i32"} if raw else {}))
+    return compile_(m.qlinear_bitplane_mma_kernel, const, types, warps, unaligned=("M", "N"))
 
 
 @pytest.mark.parametrize("p,bn,bm,gpt,split,warps,zero_mma,pdl", [
     (2, 64, 8, 4, 8, 4, True, True), (3, 64, 16, 2, 1, 4, True, False), (6, 128, 8, 1, 4, 4, False, True),
     (7, 32, 8, 2, 2, 2, True, False),
 ])
-def test_compiles_for_sm90_with_register_operands(p, bn, bm, gpt, split, warps, zero_mma, pdl):
-    ptx = _compile(p, bn, bm, gpt, split, warps, zero_mma, pdl).asm["ptx"]
+def test_compiles_for_sm90_with_register_operands(gluon_sm90, p, bn, bm, gpt, split, warps, zero_mma, pdl):
+    ptx = _compile(gluon_sm90, p, bn, bm, gpt, split, warps, zero_mma, pdl).asm["ptx"]
     # per group: four m16n8k32 per 16 rows x 8 tokens of a warp's tile (and four more for the zero)
     expected_mmas = gpt * 4 * (bn // (16 * warps)) * (bm // 8) * (2 if zero_mma else 1)
     assert ptx.count("mma.sync.aligned.m16n8k32.row.col") == expected_mmas
@@ -90,8 +74,8 @@ def test_compiles_for_sm90_with_register_operands(p, bn, bm, gpt, split, warps, 
     assert "ld.shared" not in body and "st.shared" not in body
 
 
-def test_raw_build_stores_every_group():
-    ptx = _compile(2, 64, 8, 2, 1, 4, True, False, raw=True).asm["ptx"]
+def test_raw_build_stores_every_group(gluon_sm90):
+    ptx = _compile(gluon_sm90, 2, 64, 8, 2, 1, 4, True, False, raw=True).asm["ptx"]
     assert "atom" not in ptx  # no split-K reduction: each group's accumulator is stored by its program
     assert ptx.count("st.global") >= 2
 

@@ -47,36 +47,21 @@ def test_replay_notices_a_wrong_activation_order():
     assert not torch.equal(fragment_products(q, s1, zs1, swapped), expected.to(torch.int32))
 
 
-def _compile(bn, bm, gpt, split, warps, pdl):
-    pytest.importorskip("triton.backends.nvidia")
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
+def _compile(compile_, bn, bm, gpt, split, warps, pdl):
     from lowc.codegen import gluon_w4a8_g128 as m
 
     w_l, x_l, o_l = m.layouts(bn, bm, gpt, warps)
-    fn = m.qlinear_mma_kernel
     const = dict(HAS_BIAS=True, RAW=False, BN=bn, BM=bm, GPT=gpt, SPLIT_K=split, WARPS=warps,
                  w_l=w_l, x_l=x_l, o_l=o_l, PDL=pdl)
-    sig, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in const:
-            sig[name] = "constexpr"
-            continue
-        sig[name] = POINTER_TYPES.get(name, "i32")
-        if name != "M":
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = GluonASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return compile_(m.qlinear_mma_kernel, const, POINTER_TYPES, warps)
 
 
 @pytest.mark.parametrize("bn,bm,gpt,split,warps,pdl", [
     (32, 8, 2, 8, 2, True), (64, 8, 2, 1, 4, False), (128, 16, 1, 4, 4, True), (64, 32, 1, 2, 4, False),
     (32, 64, 1, 4, 2, True),
 ])
-def test_compiles_for_sm90_with_register_operands(bn, bm, gpt, split, warps, pdl):
-    ptx = _compile(bn, bm, gpt, split, warps, pdl).asm["ptx"]
+def test_compiles_for_sm90_with_register_operands(gluon_sm90, bn, bm, gpt, split, warps, pdl):
+    ptx = _compile(gluon_sm90, bn, bm, gpt, split, warps, pdl).asm["ptx"]
     # one m16n8k32 per 32 K x 16 rows x 8 tokens of a warp's tile, all in the K loop
     expected_mmas = (128 * gpt // 32) * (bn // (16 * warps)) * (bm // 8)
     assert ptx.count("mma.sync.aligned.m16n8k32.row.col") == expected_mmas

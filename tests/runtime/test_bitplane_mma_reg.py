@@ -21,7 +21,7 @@ from lowc.errors import KernelError  # noqa: E402
 from lowc.quant import quantize_activation, quantize_weight  # noqa: E402
 from lowc.runtime import bitplane_gemm as bg  # noqa: E402
 from lowc.runtime.autotune import TileConfig  # noqa: E402
-from lowc.runtime.pdl import pdl_mode, set_pdl  # noqa: E402
+from lowc.runtime.pdl import set_pdl  # noqa: E402
 
 FMT = "w2a8_g128_bp"
 
@@ -82,13 +82,6 @@ def test_off_the_gpu_a_stored_mma_reg_config_runs_the_unpack_tile():
 # -- GPU ---------------------------------------------------------------------------------------------
 
 LLAMA = [(4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336)]
-
-
-@pytest.fixture
-def pdl_restored():
-    before = pdl_mode()
-    yield
-    set_pdl(before)
 
 
 @pytest.mark.gpu

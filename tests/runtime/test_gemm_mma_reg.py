@@ -19,7 +19,7 @@ from lowc.errors import KernelError  # noqa: E402
 from lowc.quant import quantize_activation, quantize_weight  # noqa: E402
 from lowc.runtime.autotune import TileConfig, mma_reg_candidates  # noqa: E402
 from lowc.runtime.gemm import qlinear_triton  # noqa: E402
-from lowc.runtime.pdl import pdl_mode, set_pdl  # noqa: E402
+from lowc.runtime.pdl import set_pdl  # noqa: E402
 
 SPEC = spec_for_qlinear("w4a8_g128", torch.int8, torch.bfloat16)
 
@@ -67,13 +67,6 @@ def test_off_the_gpu_a_stored_mma_reg_config_runs_the_default():
 # -- GPU ---------------------------------------------------------------------------------------------
 
 LLAMA = [(4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336)]
-
-
-@pytest.fixture
-def pdl_restored():
-    before = pdl_mode()
-    yield
-    set_pdl(before)
 
 
 @pytest.mark.gpu
