@@ -1,6 +1,6 @@
 """Bit-plane wNaM g128 decode GEMM in Gluon: plane words loaded from global memory straight into the
 registers of `mma.sync` (the `MMA_REG` tile configs of the bit-plane `unpack` realization;
-docs/bitplane.md, "Register-fragment kernel").
+docs/bitplane.md, Kernels, "(a) with MMA_REG tiles", and Speed, "Sixth round").
 
 Same arithmetic as realization (a) (codegen/templates/qlinear_bitplane_unpack.py; the truth for both
 is `BitplaneWeight.linear`): for each group of 128 columns, acc[n, m] = sum_k (v[n, k] - zs[n, g])
