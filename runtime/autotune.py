@@ -145,7 +145,7 @@ def entry_key(spec: KernelSpec, m: int, n: int, k: int) -> str:
     return f"{spec.name}|m{m_bucket(m)}|n{n}|k{k}"
 
 
-def _sm_count() -> int:
+def sm_count() -> int:
     import torch
 
     if torch.cuda.is_available():
@@ -176,7 +176,7 @@ def gemv_config(spec: KernelSpec, m: int, n: int, k: int, bn: int = 32, bk: int 
     bm = min(GEMV_MAX_BM, m_bucket(m))
     bk = max(bk, spec.group_size)
     if split is None:
-        split = _gemv_split(-(-m // bm) * -(-n // bn), -(-k // bk), _sm_count())
+        split = _gemv_split(-(-m // bm) * -(-n // bn), -(-k // bk), sm_count())
     return TileConfig(bm, bn, bk, split, warps, stages, GEMV=1).check(spec)
 
 
@@ -199,7 +199,7 @@ def default_config(spec: KernelSpec, m: int, n: int, k: int, allow_gemv: bool = 
     split = 1
     if m <= 64:
         tiles = -(-m // bm) * -(-n // bn)
-        split = _split_for(tiles, -(-k // bk), _sm_count())
+        split = _split_for(tiles, -(-k // bk), sm_count())
     return TileConfig(bm, bn, bk, split, warps, stages).check(spec)
 
 
@@ -221,7 +221,7 @@ def candidate_configs(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConf
         for bn, warps in ((64, 4), (128, 4), (128, 8)):
             for bk_d in bk_decode:
                 tiles = -(-m // bm) * -(-n // bn)
-                base = _split_for(tiles, -(-k // bk_d), _sm_count())
+                base = _split_for(tiles, -(-k // bk_d), sm_count())
                 for split in sorted({1, max(1, base // 2), base, base * 2}):
                     out.append(TileConfig(bm, bn, bk_d, split, warps, 4 if bk_d <= 256 else 3))
                     if bk_d <= 256 and warps == 4:  # deeper pipeline: more bytes in flight per SM
@@ -264,18 +264,21 @@ def mma_reg_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileCon
     if spec.family != "w4a8_g" or spec.group_size != MMA_REG_GROUP or m > 64 or k % MMA_REG_GROUP:
         return []
     bm = max(8, m_bucket(m))
-    sms = _sm_count()
     out = []
     for bn, warps in ((32, 2), (64, 4), (128, 4)):
         if bm == 64 and bn == 128:  # the x fragments of 64 tokens leave no registers for 2 row repeats
             continue
         for bk in (128, 256):
-            k_tiles = k // bk
-            programs = -(-n // bn) * -(-m // bm)
-            for split in (1, 2, 4, 8, 16):
-                if split <= k_tiles and sms * 0.75 <= programs * split <= sms * 16:
-                    out.append(TileConfig(bm, bn, bk, split, warps, 1, MMA_REG=1))
+            for split in split_factors(-(-n // bn) * -(-m // bm), k // bk, 0.75, 16):
+                out.append(TileConfig(bm, bn, bk, split, warps, 1, MMA_REG=1))
     return out
+
+
+def split_factors(programs: int, k_tiles: int, low: float, high: float) -> list[int]:
+    """The split-K factors 1, 2, 4, 8, 16 (at most one K tile per split) that put between `low` and
+    `high` programs per SM on the grid of `programs` output tiles (the register-fragment tuners)."""
+    sms = sm_count()
+    return [s for s in (1, 2, 4, 8, 16) if s <= k_tiles and sms * low <= programs * s <= sms * high]
 
 
 def operand_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig]:
@@ -294,7 +297,7 @@ def operand_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileCon
     M = 4-64 the problem is bytes in flight, at 128-256 too few output tiles for 132 SMs."""
     if spec.family != "w4a8_g" or m > 256:
         return []
-    sms = _sm_count()
+    sms = sm_count()
     out: list[TileConfig] = []
 
     def splits(bm, bn, bk, factors):

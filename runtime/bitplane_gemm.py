@@ -40,7 +40,7 @@ from lowc.codegen.spec import KernelSpec, dtype_name
 from lowc.errors import KernelError, QuantizationError
 from lowc.quant.bitplane import FAMILY_INT, FAMILY_PLANES, BitplaneSpec
 from lowc.quant.spec import as_spec
-from lowc.runtime.autotune import POLICIES, SHIPPED_DIR, ConfigTable, TileConfig, m_bucket
+from lowc.runtime.autotune import POLICIES, SHIPPED_DIR, ConfigTable, TileConfig, sm_count, m_bucket, split_factors
 from lowc.runtime.kernel_cache import KernelCache, default_cache
 from lowc.runtime.pdl import pdl_args
 
@@ -151,15 +151,9 @@ def check_config(spec: KernelSpec, realization: str, cfg: TileConfig) -> TileCon
     return cfg
 
 
-def _sm_count() -> int:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    return 132  # an H100, so CPU-side choices match what the GPU would get
-
-
 def _split_for(tiles: int, k_tiles: int, per_sm: int = 2, min_k_tiles: int = 4, max_split: int = 16) -> int:
     """Smallest split-K giving >= per_sm programs per SM while each split keeps >= min_k_tiles K tiles."""
-    split, sms = 1, _sm_count()
+    split, sms = 1, sm_count()
     while tiles * split < per_sm * sms and k_tiles // (split * 2) >= min_k_tiles and split < max_split:
         split *= 2
     return split
@@ -291,17 +285,13 @@ def mma_reg_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileCon
     if spec.group_size != MMA_REG_GROUP or not 2 <= spec.w_bits <= MMA_REG_MAX_PLANES or m > 16 or k % MMA_REG_GROUP:
         return []
     bm = max(8, m_bucket(m))
-    sms = _sm_count()
     out = []
     for bn, warps in ((64, 4), (128, 4)):
         # the two longest K tiles that fit the registers (more bytes in flight per thread)
         bks = [bk for bk in MMA_REG_BK if mma_reg_fits_registers(spec.w_bits, bn, bm, bk // MMA_REG_GROUP, warps)]
         for bk in bks[-2:]:
-            k_tiles = k // bk
-            programs = -(-n // bn) * -(-m // bm)
-            for split in (1, 2, 4, 8, 16):
-                if split <= k_tiles and sms * 1.5 <= programs * split <= sms * 6:
-                    out.append(TileConfig(bm, bn, bk, split, warps, 1, MMA_REG=1))
+            for split in split_factors(-(-n // bn) * -(-m // bm), k // bk, 1.5, 6):
+                out.append(TileConfig(bm, bn, bk, split, warps, 1, MMA_REG=1))
     return _valid(spec, "unpack", out, 64)
 
 
@@ -528,10 +518,9 @@ def qlinear_bitplane(
 def _launch(cache: KernelCache, spec: KernelSpec, cfg: TileConfig, x2, sx, weight, bias_arg, has_bias, out,
             m: int, n: int, k: int, kw: int) -> None:
     if cfg.MMA_REG:
-        from lowc.runtime.gemm import gpu_support
         from lowc.runtime.gemm_mma_reg import mma_reg_fits
 
-        if not (x2.device.type == "cuda" and gpu_support(x2.device.index or 0)[0] and mma_reg_fits(cfg, x2, k, kw)):
+        if not mma_reg_fits(cfg, x2, k, kw):
             cfg = default_config(spec, "unpack", m, n, k)  # the Triton tile: off the GPU, no Gluon, padded K
     grid = (-(-m // cfg.BM) * -(-n // cfg.BN), cfg.SPLIT_K)
     if cfg.SPLIT_K > 1:

@@ -119,8 +119,7 @@ def qlinear_triton(
     def launch(cfg: TileConfig) -> None:
         if cfg.GEMV and not _gemv_fits(x2, k):
             cfg = default_config(spec, m, n, k, allow_gemv=False)
-        if cfg.MMA_REG and not (x2.device.type == "cuda" and gpu_support(x2.device.index or 0)[0]
-                                and mma_reg_fits(cfg, x2, k, kw)):
+        if cfg.MMA_REG and not mma_reg_fits(cfg, x2, k, kw):
             cfg = default_config(spec, m, n, k)
         if cfg.MMA_REG:
             scratch = _splitk_scratch(cache, cfg, spec, out, m, n, -(-n // cfg.BN) * -(-m // cfg.BM))

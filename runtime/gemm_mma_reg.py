@@ -29,10 +29,15 @@ def has_gluon() -> bool:
 
 
 def mma_reg_fits(cfg, x2: torch.Tensor, k: int, kw: int) -> bool:
-    """Whether `cfg` (an MMA_REG config) can run on this input with this Triton (the caller has
-    checked the device)."""
+    """Whether `cfg` (an MMA_REG config, W4A8 or bit-plane) can run on this input: a CUDA device the
+    generated kernels support (`gemm.gpu_support`), a Triton with Gluon, K a whole number of K tiles
+    without padding, activation rows readable as 4-byte words."""
+    from lowc.runtime.gemm import gpu_support
+
     return (
-        has_gluon()
+        x2.device.type == "cuda"
+        and gpu_support(x2.device.index or 0)[0]
+        and has_gluon()
         and k == kw
         and k % cfg.BK == 0
         and x2.stride(0) % 4 == 0
