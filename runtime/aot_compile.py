@@ -7,8 +7,9 @@ bench can read the SASS of a tile it never launched:
     compiled = compile_for_target(module.qlinear_kernel, {"BM": 16, ...}, {"x_ptr": "*i8", ...})
     compiled.asm["cubin"], compiled.asm["ttgir"]
 
-`fn` must be a real `@triton.jit` function: a module imported while TRITON_INTERPRET=1 is set holds
-interpreted functions, which cannot be compiled.
+`fn` must be a real `@triton.jit` (or `@gluon.jit`) function: a module imported while
+TRITON_INTERPRET=1 is set holds interpreted Triton functions, which cannot be compiled (Gluon
+functions are never interpreted).
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def compile_for_target(fn, constexprs: dict, arg_types: dict, *, default_type: s
         sig[name] = arg_types.get(name, default_type)
         if divisible is None or name in divisible:
             attrs[(idx,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    source = ASTSource
+    try:
+        from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
+    except ImportError:  # a Triton without Gluon
+        pass
+    else:
+        if isinstance(fn, GluonJITFunction):
+            source = GluonASTSource
+    src = source(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", capability, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages, **options})

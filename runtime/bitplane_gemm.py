@@ -297,7 +297,7 @@ def mma_reg_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileCon
 
 def mma_reg_fits_registers(planes: int, bn: int, bm: int, gpt: int, warps: int) -> bool:
     """Whether an MMA_REG tile stays within 255 registers without spilling (sm_90 builds with Triton
-    3.6, 2026-11-22: each thread double-buffers GPT groups of 8 x-registers per 8 tokens and of
+    3.6, 2026-11-22, `python bench/sass_gluon_bitplane.py P,BN,BM,GPT,SPLIT_K`: each thread double-buffers GPT groups of 8 x-registers per 8 tokens and of
     plane words for 2 rows per row repeat; spills began at 8 x-groups (BM 16, GPT 4), 8 row-groups
     (2 repeats, GPT 4) and 32 plane words (7 planes, 2 repeats, GPT 2))."""
     from lowc.codegen.gluon_bitplane import padded_planes
