@@ -26,6 +26,7 @@ import torch
 from lowc.codegen.spec import KernelSpec, dtype_name
 from lowc.errors import KernelError
 from lowc.ops.kv_ops import KV_PARTS, cache_groups
+from lowc.runtime.attention_gluon import gluon_limits, launch_gluon_decode
 from lowc.runtime.kernel_cache import KernelCache, default_cache
 from lowc.runtime.pdl import pdl_args
 
@@ -64,6 +65,12 @@ class DecodeConfig:
     # shapes (bf16 kv4: 1.1e-2 against 4.1e-3) and one launch shape (BLOCK_N 64, one warp) computes
     # wrongly; docs/kernels-attention.md, fourth round.
     q_int8: bool = False
+    # kv4 with bf16/fp16 queries: the register-fragment Gluon kernel (codegen/gluon_attention_kv4.py), one
+    # warp per program over gluon_block_n-token tiles; elsewhere the Triton kernel runs
+    # (runtime/attention_gluon.gluon_limits says why).
+    gluon: bool = False
+    gluon_block_n: int = 32
+    gluon_programs_per_sm: int = 16
 
 
 @dataclass(frozen=True)
@@ -102,12 +109,13 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def default_splits(pairs: int, max_tokens: int, device: torch.device, block_n: int) -> int:
+def default_splits(pairs: int, max_tokens: int, device: torch.device, block_n: int,
+                   programs_per_sm: int = PROGRAMS_PER_SM) -> int:
     """Splits of the sequence per (row, KV head): enough programs to fill the GPU, a power of two,
     no split shorter than MIN_SPLIT_TOKENS of the cache's capacity."""
     if device.type != "cuda":
         return 1
-    want = PROGRAMS_PER_SM * _sm_count(device.index or 0)
+    want = programs_per_sm * _sm_count(device.index or 0)
     splits = 1
     while pairs * splits * 2 <= want and max_tokens // (splits * 2) >= max(MIN_SPLIT_TOKENS, block_n):
         splits *= 2
@@ -170,14 +178,25 @@ def attention_kv_triton(q, k_cache, v_cache, slot_ids, cache_lens, new_lens, sca
         if t == 1:
             cfg = decode or DecodeConfig()
             pairs = b * hkv
-            splits = cfg.num_splits or default_splits(pairs, max_tokens, q.device, cfg.BLOCK_N)
-            block_h = max(cfg.block_h, _pow2(group))
+            use_gluon = cfg.gluon and gluon_limits(fmt, q, d, group, max_tokens, cfg.gluon_block_n, cfg) is None
+            if use_gluon:
+                splits = cfg.num_splits or default_splits(pairs, max_tokens, q.device, cfg.gluon_block_n,
+                                                          cfg.gluon_programs_per_sm)
+                block_h = max(8, _pow2(group))  # the MMA's N side
+            else:
+                splits = cfg.num_splits or default_splits(pairs, max_tokens, q.device, cfg.BLOCK_N)
+                block_h = max(cfg.block_h, _pow2(group))
             if splits > 1:
                 ws_acc = cache.scratch("attention_partial_acc", q.device, torch.float32, pairs * splits * block_h * d)
                 ws_ml = cache.scratch("attention_partial_ml", q.device, torch.float32, pairs * splits * block_h * 2)
                 tickets = cache.scratch("attention_tickets", q.device, torch.int32, pairs)
             else:
                 ws_acc = ws_ml = tickets = out  # never touched with one split
+            if use_gluon:
+                launch_gluon_decode(q, parts, slot_ids, cache_lens, new_lens, out, ws_acc, ws_ml, tickets, scale,
+                                    hkv, max_tokens, sliding_window, splits, group, k_groups, cfg.gluon_block_n,
+                                    block_h)
+                return out
             loaded.module.decode_kernel[(pairs, splits)](
                 q, q.stride(0), q.stride(1), *parts, slot_ids, cache_lens, new_lens, out, ws_acc, ws_ml, tickets,
                 float(scale), hkv, max_tokens, int(sliding_window), splits,

@@ -1,0 +1,162 @@
+"""The register-fragment KV4 decode attention kernel (codegen/gluon_attention_kv4.py).
+
+CPU: the index algebra of its operand permutations (replayed in torch exactly as the kernel joins,
+reshapes and permutes), its sm_90 build (MMA count, nothing through shared memory in the loop, no
+spills), and the launcher's limits and fallback. GPU (`pytest -m gpu`): against the reference and the
+Triton decode kernel at Llama-3-8B and SmolLM2 head shapes.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from lowc.codegen import gluon_attention_kv4 as kernel  # noqa: E402
+from lowc.ops.kv_ops import attention_kv_reference  # noqa: E402
+from lowc.runtime.attention import DecodeConfig, attention_kv_triton  # noqa: E402
+from lowc.runtime.attention_gluon import gluon_limits  # noqa: E402
+
+from test_attention_kernels import TOLERANCE, rel_err, step  # noqa: E402  (tests/codegen is on sys.path)
+
+
+@pytest.mark.parametrize("block_n", [16, 32, 64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("key_groups", [1, 2])
+def test_operand_permutations_name_the_same_positions(block_n, head_dim, key_groups):
+    """The key operand row R / column k holds the code of token token_order(R) at the head_dim index
+    query_columns names for k (so q . k sums matching positions), the value operand's columns follow the
+    same token order and its rows the head_dim index output_rows names; both index maps are bijections."""
+    g = torch.Generator().manual_seed(block_n + head_dim + key_groups)
+    rows = torch.randint(0, 256, (block_n, head_dim // 2), dtype=torch.uint8, generator=g)
+    codes = torch.stack([rows & 15, rows >> 4], -1).reshape(block_n, head_dim).long()  # low nibble = even d
+    tokens = kernel.token_order_replay(torch.arange(block_n).reshape(8, block_n // 8))
+    assert torch.equal(tokens.sort().values, torch.arange(block_n))
+    columns = [kernel.query_columns(head_dim, gi, key_groups) for gi in range(key_groups)]
+    assert torch.equal(torch.cat(columns).sort().values, torch.arange(head_dim))
+    for gi in range(key_groups):
+        assert torch.equal(kernel.key_operand_replay(rows, gi, key_groups), codes[tokens][:, columns[gi]])
+    out_rows = kernel.output_rows(head_dim)
+    assert torch.equal(out_rows.sort().values, torch.arange(head_dim))
+    assert torch.equal(kernel.value_operand_replay(rows), codes[tokens][:, out_rows].T)
+
+
+def test_replay_catches_a_wrong_permutation(monkeypatch):
+    """The check above is not vacuous: the key permutation with two axes swapped fails it."""
+    rows = torch.randint(0, 256, (32, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    codes = torch.stack([rows & 15, rows >> 4], -1).reshape(32, 128).long()
+    tokens = kernel.token_order_replay(torch.arange(32).reshape(8, 4))
+    good = kernel.key_operand_replay(rows, 0, 1)
+    swapped = kernel._key_asm
+    monkeypatch.setattr(kernel, "_key_asm", lambda w: tuple(swapped(w)[i] for i in (1, 0, 2, 3)))
+    assert torch.equal(good, codes[tokens][:, kernel.query_columns(128, 0, 1)])
+    assert not torch.equal(kernel.key_operand_replay(rows, 0, 1), good)
+
+
+POINTERS = {"q_ptr": "*bf16", "kd_ptr": "*u8", "ks_ptr": "*fp16", "kz_ptr": "*fp16", "vd_ptr": "*u8",
+            "vs_ptr": "*fp16", "vz_ptr": "*fp16", "slot_ptr": "*i64", "clen_ptr": "*i64", "nlen_ptr": "*i64",
+            "out_ptr": "*bf16", "ws_acc_ptr": "*fp32", "ws_ml_ptr": "*fp32", "ticket_ptr": "*i32", "sm_scale": "fp32"}
+
+
+@pytest.mark.parametrize("block_n,head_dim,key_groups", [(32, 128, 1), (32, 128, 2), (64, 64, 2)])
+def test_sm90_build_feeds_the_mma_from_registers(gluon_sm90, block_n, head_dim, key_groups):
+    """Built for sm_90: the loop holds the expected MMAs (q . k: BLOCK_N / 16 x head_dim / 16, and as
+    many for P . V), no shared-memory traffic, no barrier and no spills; the unpack is the inline PTX."""
+    import importlib.util
+    import pathlib
+    import tempfile
+
+    path = pathlib.Path(__file__).parents[2] / "bench" / "sass_gemv.py"
+    spec = importlib.util.spec_from_file_location("sass_gemv", path)
+    sass_gemv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sass_gemv)
+
+    k_l, v_l, ks_l, vs_l = kernel.layouts(block_n, head_dim, key_groups)
+    const = dict(GROUP=4, HEAD_DIM=head_dim, NH=8, BLOCK_N=block_n, K_GROUPS=key_groups, SPLIT=True, BF16=True,
+                 k_l=k_l, v_l=v_l, ks_l=ks_l, vs_l=vs_l, PDL=True)
+    compiled = gluon_sm90(kernel.decode_kv4_kernel, const, POINTERS, 1,
+                          unaligned=("window", "num_splits", "sm_scale"))
+    assert "griddepcontrol.wait" in compiled.asm["ptx"]
+    assert compiled.asm["ptx"].count("prmt.b32 a, ") >= 1  # the value unpack's byte pairing
+    with tempfile.TemporaryDirectory() as d:
+        sass, registers, stack = sass_gemv.disassemble(compiled, d)
+    mix = sass_gemv.loop_mix(sass)
+    assert mix["HMMA"] == 2 * (block_n // 16) * (head_dim // 16)
+    assert not any(op.startswith(("LDS", "STS", "BAR", "STL", "LDL")) for op in mix), mix
+    assert stack == 0 and registers <= 255
+
+
+def test_limits_name_the_reason_and_cpu_runs_the_triton_kernel():
+    q = torch.zeros(1, 4, 1, 128, dtype=torch.bfloat16)
+    cfg = DecodeConfig(gluon=True)
+    assert "kv4" in gluon_limits("kv8", q, 128, 4, 1024, 32, cfg)
+    assert "CUDA" in gluon_limits("kv4", q, 128, 4, 1024, 32, cfg)
+    qs, kc, vc, slot_ids, cache_lens, new = step("kv4", torch.bfloat16, 1, [1, 1, 1], history=(20, 0, 33))
+    ref = attention_kv_reference(qs, kc, vc, slot_ids, cache_lens, new, 0.2, -1, "kv4")
+    out = attention_kv_triton(qs, kc, vc, slot_ids, cache_lens, new, 0.2, -1, "kv4", decode=cfg)
+    assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
+
+
+def test_limits_on_a_gpu_shape(monkeypatch):
+    """The shape checks after the device ones (device support and Gluon faked present)."""
+    import lowc.runtime.gemm as gemm
+    import lowc.runtime.gemm_mma_reg as mma_reg
+    from lowc.runtime.attention_gluon import gluon_limits as limits
+
+    monkeypatch.setattr(gemm, "gpu_support", lambda index: (True, "a GPU"))
+    monkeypatch.setattr(mma_reg, "has_gluon", lambda: True)
+    cfg = DecodeConfig(gluon=True)
+    q = type("FakeCudaQuery", (), {"device": torch.device("cuda", 0), "dtype": torch.float32})()
+    assert "bf16 or fp16" in limits("kv4", q, 128, 4, 1024, 32, cfg)
+    q.dtype = torch.bfloat16
+    assert "head_dim" in limits("kv4", q, 96, 4, 1024, 32, cfg)
+    assert "query heads" in limits("kv4", q, 128, 32, 1024, 32, cfg)
+    assert "multiple" in limits("kv4", q, 128, 4, 1000, 32, cfg)
+    assert "gluon_block_n" in limits("kv4", q, 128, 4, 1024, 48, cfg)
+    assert "Triton kernel" in limits("kv4", q, 128, 4, 1024, 32, DecodeConfig(gluon=True, q_int8=True))
+    assert limits("kv4", q, 128, 4, 1024, 32, cfg) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("key_groups", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block_n", [32, 64])
+def test_gpu_llama_shapes(key_groups, dtype, block_n):
+    """32 query / 8 KV heads, head_dim 128: one split, four, and the default; a sliding window; against
+    the reference and the Triton kernel (the same arithmetic up to float rounding)."""
+    q, kc, vc, slot_ids, cache_lens, new = step("kv4", dtype, 1, [1, 1, 1], history=(3000, 517, 1200), heads=32,
+                                                hkv=8, d=128, max_tokens=4096, key_groups=key_groups)
+    for window in (-1, 700):
+        ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, window, "kv4")
+        triton_out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, window, "kv4")
+        for splits in (1, 4, None):
+            cfg = DecodeConfig(gluon=True, gluon_block_n=block_n, num_splits=splits)
+            out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, window, "kv4", decode=cfg)
+            assert rel_err(out, ref) < TOLERANCE[dtype], (window, splits)
+            assert rel_err(out, triton_out) < TOLERANCE[dtype] / 2, (window, splits)
+
+
+@pytest.mark.gpu
+def test_gpu_smollm2_heads_tickets_and_graph_replay():
+    """9 query / 3 KV heads of 64 (group 3), two key groups; the split tickets are left at 0 and a CUDA
+    graph replays the launch while the lengths change on the device."""
+    from lowc.runtime.kernel_cache import default_cache
+
+    q, kc, vc, slot_ids, cache_lens, new = step("kv4", torch.bfloat16, 1, [1, 1, 1], history=(900, 31, 400), heads=9,
+                                                hkv=3, d=64, max_tokens=1024, key_groups=2)
+    cfg = DecodeConfig(gluon=True, num_splits=3)
+    ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.125, -1, "kv4")
+    out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.125, -1, "kv4", decode=cfg)
+    assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
+    tickets = default_cache().scratch("attention_tickets", q.device, torch.int32, 3)
+    assert int(tickets.abs().sum()) == 0
+    lens = cache_lens.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        gout = attention_kv_triton(q, kc, vc, slot_ids, lens, new, 0.125, -1, "kv4", decode=cfg)
+    lens.copy_(torch.tensor([500, 7, 399], device=lens.device))
+    graph.replay()
+    ref2 = attention_kv_reference(q, kc, vc, slot_ids, lens, new, 0.125, -1, "kv4")
+    assert rel_err(gout, ref2) < TOLERANCE[torch.bfloat16]
