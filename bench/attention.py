@@ -188,7 +188,7 @@ def _compile_one(job) -> str:
     half = len(parts) // 2
     lens = torch.full((b,), s - 1, device="cuda")
     for splits in (1, 2):
-        cfg = DecodeConfig(BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm,
+        cfg = DecodeConfig(gluon=False, BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm,
                            block_h=block_h, maxnreg=maxnreg, stage_k=stage_k, stage_v=stage_v, q_int8=q_int8)
         try:
             attention_kv_triton(q, parts[:half], parts[half:], torch.arange(b, device="cuda"), lens,
@@ -249,7 +249,7 @@ def run_attention(quick: bool, sweep_all=None, rep: int = 40, partial_json: str 
                     if not fmt.startswith("kv4") and not asm:
                         continue  # the unpacking choice only exists for kv4
                     splits = max(1, default_splits(b * KV_HEADS, s, q.device, bn) * mult)
-                    cfg = DecodeConfig(BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm,
+                    cfg = DecodeConfig(gluon=False, BLOCK_N=bn, num_splits=splits, num_warps=warps, num_stages=stages, unpack_asm=asm,
                                        block_h=block_h, maxnreg=maxnreg, stage_k=stage_k, stage_v=stage_v,
                                        q_int8=q_int8)
                     try:

@@ -5,7 +5,7 @@
 Same shapes, data and method as bench/attention.py (Llama-3-8B heads: 32 query / 8 KV heads,
 head_dim 128, bf16 queries; B in {16, 64}, S in {1024, 4096, 16384}; CUDA-graph replay, median, over
 enough cache copies to defeat L2; SDPA over a BF16 cache with enable_gqa), all sides in one run:
-SDPA, the Triton kernel's default launch (`DecodeConfig()`) and the Gluon kernel
+SDPA, the Triton kernel's default launch (`DecodeConfig(gluon=False)`) and the Gluon kernel
 (`DecodeConfig(gluon=True, ...)`) over a small sweep of token tile x programs per multiprocessor,
 for kv4 with one key scale/zero pair and with two (w4a8kv4's cache). Every lowc launch is checked
 against the reference first (relative error in the table). Floor % = bytes read / the read bandwidth
@@ -50,7 +50,7 @@ def main() -> int:
             for label in ("kv4", "kv4k2"):
                 make, check = lowc_case(label, b, s, q)
                 floor_s = cache_bytes(label, b, s) / read_bw
-                cfgs = [("triton", DecodeConfig())] + [
+                cfgs = [("triton", DecodeConfig(gluon=False))] + [
                     (f"gluon_{bn}_{pps}", DecodeConfig(gluon=True, gluon_block_n=bn, gluon_programs_per_sm=pps))
                     for bn, pps in sweep]
                 for name, cfg in cfgs:

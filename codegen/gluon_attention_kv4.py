@@ -192,6 +192,31 @@ def query_operand(q_base, stride_qh, GROUP: gl.constexpr, g: gl.constexpr, K_GRO
     return gl.load(q_base + n[None, :] * stride_qh + d[:, None], mask=n[None, :] < GROUP, other=0.0)
 
 
+@gluon.jit
+def load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, m_all, pair, sp, num_splits, D: gl.constexpr,
+                 NH: gl.constexpr):
+    """(acc, weight, sum) of split sp's partial; weight 0 past the last split (which it re-reads)."""
+    spc = gl.minimum(sp, num_splits - 1)
+    idx = (pair * num_splits + spc) * NH + n
+    acc = gl.load(ws_acc_ptr + (pair * num_splits + spc) * (D * NH) + acc_off, cache_modifier=".cg")
+    w = gl.where(sp < num_splits, gl.exp2(gl.load(ws_ml_ptr + 2 * idx, cache_modifier=".cg") - m_all), 0.0)
+    return acc, w, gl.load(ws_ml_ptr + 2 * idx + 1, cache_modifier=".cg")
+
+
+@gluon.jit
+def merge_partials(o, l_all, m_all, ws_acc_ptr, ws_ml_ptr, acc_off, n, pair, sp0, num_splits, D: gl.constexpr,
+                   NH: gl.constexpr):
+    """Add splits sp0 .. sp0 + 3 (those that exist) into the merged (o, l_all): the loads of all four
+    are issued before any is used, so the merging program waits one memory latency per four splits."""
+    a0, w0, l0 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, m_all, pair, sp0, num_splits, D, NH)
+    a1, w1, l1 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, m_all, pair, sp0 + 1, num_splits, D, NH)
+    a2, w2, l2 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, m_all, pair, sp0 + 2, num_splits, D, NH)
+    a3, w3, l3 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, m_all, pair, sp0 + 3, num_splits, D, NH)
+    l_all += w0 * l0 + w1 * l1 + w2 * l2 + w3 * l3
+    o += w0[None, :] * a0 + w1[None, :] * a1 + w2[None, :] * a2 + w3[None, :] * a3
+    return o, l_all
+
+
 @gluon.jit(do_not_specialize=["window", "num_splits"])
 def decode_kv4_kernel(
     q_ptr, stride_qb, stride_qh,
@@ -293,7 +318,6 @@ def decode_kv4_kernel(
 
     m = gl.full([NH], float("-inf"), gl.float32, layout=col_l)
     l = gl.zeros([NH], gl.float32, layout=col_l)
-    corr = gl.zeros([NH], gl.float32, layout=col_l)
     acc = gl.zeros([D, NH], gl.float32, layout=mma)
     for n0 in range(start, hi, T):
         nxt = gl.minimum(n0 + T, end_start)  # the last tile re-reads itself (cached, never used)
@@ -333,14 +357,15 @@ def decode_kv4_kernel(
         sv = gl.where(valid, token_order(v_s.to(gl.float32), T, row_l), 0.0)
         zv = gl.where(valid, token_order(v_z.to(gl.float32), T, row_l), 0.0) + bias
         ps = (p * sv[:, None]).to(qa.dtype)
-        corr = corr * alpha + gl.reduce(ps.to(gl.float32) * zv[:, None], 0, _add)
         if gl.reduce((m_new != m).to(gl.int32), 0, _max) > 0:
             acc = acc * alpha[None, :]
-        acc = mma_v2(value_operand(vx, vy, BF16, T, D, a_l), gl.convert_layout(ps, b_l), acc)
+        # The codes' bias leaves the accumulator every tile, as in the Triton kernel: accumulated over
+        # thousands of tokens, (bias + v) sums lose the float32 precision the small result needs.
+        corr = gl.reduce(ps.to(gl.float32) * zv[:, None], 0, _add)
+        acc = mma_v2(value_operand(vx, vy, BF16, T, D, a_l), gl.convert_layout(ps, b_l), acc) - corr[None, :]
         m = m_new
         k0, k1, vx, vy, k_s, k_z, v_s, v_z = n_k0, n_k1, n_vx, n_vy, n_k_s, n_k_z, n_v_s, n_v_z
 
-    acc = acc - corr[None, :]
     # out^T row 16 i + 8 h + r is d = 2 (r D / 16 + i) + h; columns are the group's query heads.
     rr = gl.arange(0, D, layout=row_l)
     d = 2 * ((rr % 8) * MI + rr // 16) + (rr // 8) % 2
@@ -350,24 +375,24 @@ def decode_kv4_kernel(
     if not SPLIT:
         gl.store(out_rows[None, :] + d[:, None], (acc / l[None, :]).to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
-        part = (pair * num_splits + split) * NH + n
-        gl.store(ws_acc_ptr + part[None, :] * D + d[:, None], acc)
-        gl.store(ws_ml_ptr + 2 * part, m)
-        gl.store(ws_ml_ptr + 2 * part + 1, l)
+        # Partials in the accumulator's own order (row 16 i + 8 h + r, then the head): two heads per load.
+        part = pair * num_splits + split
+        gl.store(ws_acc_ptr + part * (D * NH) + rr[:, None] * NH + n[None, :], acc)
+        gl.store(ws_ml_ptr + 2 * (part * NH + n), m)
+        gl.store(ws_ml_ptr + 2 * (part * NH + n) + 1, l)
         cta_barrier()  # the partial stores precede the ticket (release below)
         ticket = gl.atomic_add(ticket_ptr + pair, 1, sem="acq_rel")
         if ticket == num_splits - 1:
             m_all = gl.full([NH], float("-inf"), gl.float32, layout=col_l)
             for sp in range(num_splits):
-                idx = (pair * num_splits + sp) * NH + n
-                m_all = gl.maximum(m_all, gl.load(ws_ml_ptr + 2 * idx, cache_modifier=".cg"))
+                m_all = gl.maximum(m_all, gl.load(ws_ml_ptr + 2 * ((pair * num_splits + sp) * NH + n),
+                                                  cache_modifier=".cg"))
             l_all = gl.zeros([NH], gl.float32, layout=col_l)
             o = gl.zeros([D, NH], gl.float32, layout=mma)
-            for sp in range(num_splits):
-                idx = (pair * num_splits + sp) * NH + n
-                wt = gl.exp2(gl.load(ws_ml_ptr + 2 * idx, cache_modifier=".cg") - m_all)
-                l_all += wt * gl.load(ws_ml_ptr + 2 * idx + 1, cache_modifier=".cg")
-                o += wt[None, :] * gl.load(ws_acc_ptr + idx[None, :] * D + d[:, None], cache_modifier=".cg")
+            acc_off = rr[:, None] * NH + n[None, :]
+            for sp0 in range(0, num_splits, 4):
+                o, l_all = merge_partials(o, l_all, m_all, ws_acc_ptr, ws_ml_ptr, acc_off, n, pair, sp0, num_splits,
+                                          D, NH)
             gl.store(out_rows[None, :] + d[:, None], (o / l_all[None, :]).to(out_ptr.dtype.element_ty),
                      mask=out_mask)
             gl.store(ticket_ptr + pair, 0)

@@ -15,6 +15,8 @@ import torch
 from lowc.errors import CacheError
 from lowc.ops.kv_ops import KVCacheSpec
 
+CAPACITY_ALIGN = 64  # tokens per slot are allocated in multiples of this on a GPU
+
 
 class KVCache:
     """`slots` sequences of up to `max_tokens` tokens each, in `spec`'s format."""
@@ -30,7 +32,10 @@ class KVCache:
         self.device = torch.device(device or "cpu")
         if self.device.type == "cuda" and self.device.index is None:  # "cuda" -> "cuda:N", as tensors report it
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.tensors = spec.allocate(slots, max_tokens, self.device)
+        # On a GPU the token axis is padded to whole tiles of the register-fragment decode kernel, which
+        # reads aligned 64-token tiles (runtime/attention_gluon.py); the padding is never written or used.
+        capacity = -(-max_tokens // CAPACITY_ALIGN) * CAPACITY_ALIGN if self.device.type == "cuda" else max_tokens
+        self.tensors = spec.allocate(slots, capacity, self.device)
         self.lengths = [0] * slots  # committed tokens per slot
         self._taken = [False] * slots
 

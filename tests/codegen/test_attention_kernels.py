@@ -72,7 +72,7 @@ def test_decode_matches_reference(cache, fmt, dtype, splits):
     q, kc, vc, slot_ids, cache_lens, new = step(fmt, dtype, 1, [1, 1, 1])
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt)
     out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt, cache=cache,
-                              decode=DecodeConfig(BLOCK_N=16, num_splits=splits))
+                              decode=DecodeConfig(gluon=False, BLOCK_N=16, num_splits=splits))
     assert out.shape == ref.shape and out.dtype == dtype
     assert rel_err(out, ref) < TOLERANCE[dtype]
 
@@ -82,7 +82,7 @@ def test_decode_sliding_window_mha_and_tickets_left_zero(cache, fmt):
     q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.float32, 1, [1, 1, 1], heads=2, hkv=2)
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.2, 9, fmt)
     out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.2, 9, fmt, cache=cache,
-                              decode=DecodeConfig(BLOCK_N=16, num_splits=2))
+                              decode=DecodeConfig(gluon=False, BLOCK_N=16, num_splits=2))
     assert rel_err(out, ref) < TOLERANCE[torch.float32]
     tickets = cache.scratch("attention_tickets", q.device, torch.int32, 6)
     assert not tickets.any()  # the merging program resets them: the launch can be replayed
@@ -118,7 +118,7 @@ def test_two_key_groups_decode_and_prefill(cache, dtype):
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, "kv4")
     for splits in (1, 3):
         out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, "kv4", cache=cache,
-                                  decode=DecodeConfig(BLOCK_N=16, num_splits=splits))
+                                  decode=DecodeConfig(gluon=False, BLOCK_N=16, num_splits=splits))
         assert rel_err(out, ref) < TOLERANCE[dtype]
     q, kc, vc, slot_ids, cache_lens, new = step("kv4", dtype, 7, [7, 3, 5], d=64, key_groups=2)
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, "kv4")
@@ -146,17 +146,17 @@ def test_decode_int8_queries(cache, fmt, key_groups, d, splits):
     q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.float32, 1, [1, 1, 1], d=d, key_groups=key_groups)
     ref = attention_kv_reference(int8_rounded_queries(q), kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt)
     out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt, cache=cache,
-                              decode=DecodeConfig(BLOCK_N=16, num_splits=splits, q_int8=True))
+                              decode=DecodeConfig(gluon=False, BLOCK_N=16, num_splits=splits, q_int8=True))
     assert rel_err(out, ref) < TOLERANCE[torch.float32]
     plain = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt)
     assert rel_err(out, plain) > 1e-5  # the rounding of q is visible: the INT8 path really ran
     q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.bfloat16, 1, [1, 1, 1], d=d, key_groups=key_groups)
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt)
     out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt, cache=cache,
-                              decode=DecodeConfig(BLOCK_N=16, num_splits=splits, q_int8=True))
+                              decode=DecodeConfig(gluon=False, BLOCK_N=16, num_splits=splits, q_int8=True))
     assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
     default = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.17, -1, fmt, cache=cache,
-                                  decode=DecodeConfig(BLOCK_N=16, num_splits=splits))
+                                  decode=DecodeConfig(gluon=False, BLOCK_N=16, num_splits=splits))
     assert not torch.equal(default, out)  # off by default: float q . k
 
 
@@ -169,7 +169,7 @@ def test_int8_queries_refuse_shapes_they_cannot_take(cache):
         q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.float32, 1, [1, 1, 1], d=d, key_groups=key_groups)
         with pytest.raises(KernelError, match=match):
             attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.2, -1, fmt, cache=cache,
-                                decode=DecodeConfig(q_int8=True, num_splits=1, **launch))
+                                decode=DecodeConfig(gluon=False, q_int8=True, num_splits=1, **launch))
 
 
 def test_unsupported_shapes_are_named(cache):
@@ -188,8 +188,9 @@ def test_gpu_llama_shapes(fmt, key_groups):
     q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.bfloat16, 1, [1, 1, 1], history=history, heads=32,
                                                 hkv=8, d=128, max_tokens=4096, key_groups=key_groups)
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
-    out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
-    assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
+    for decode in (None, DecodeConfig(gluon=False)):  # the default (kv4: the Gluon kernel) and the Triton kernel
+        out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt, decode=decode)
+        assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
     q, kc, vc, slot_ids, cache_lens, new = step(fmt, torch.bfloat16, 130, [130, 64, 1], history=history, heads=32,
                                                 hkv=8, d=128, max_tokens=4096, key_groups=key_groups)
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
@@ -205,7 +206,7 @@ def test_gpu_kv4_unpacking_paths_agree(dtype):
                                                 hkv=8, d=128, max_tokens=1024)
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, "kv4")
     outs = [attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, "kv4",
-                                decode=DecodeConfig(BLOCK_N=bn, num_splits=2, unpack_asm=asm))
+                                decode=DecodeConfig(gluon=False, BLOCK_N=bn, num_splits=2, unpack_asm=asm))
             for asm in (True, False) for bn in (64, 128)]
     for out in outs:
         assert rel_err(out, ref) < TOLERANCE[dtype]
@@ -222,7 +223,7 @@ def test_gpu_staged_operands_agree(fmt, dtype):
                                                 hkv=8, d=128, max_tokens=1024)
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
     outs = [attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt,
-                                decode=DecodeConfig(num_splits=2, block_h=bh, stage_k=sk, stage_v=sv, num_stages=2))
+                                decode=DecodeConfig(gluon=False, num_splits=2, block_h=bh, stage_k=sk, stage_v=sv, num_stages=2))
             for sk, sv, bh in ((False, False, 8), (False, True, 8), (True, True, 8), (True, True, 16))]
     for out in outs:
         assert rel_err(out, ref) < TOLERANCE[dtype]
@@ -234,7 +235,7 @@ def test_staging_is_plumbed_through_on_the_interpreter(cache):
     q, kc, vc, slot_ids, cache_lens, new = step("kv4", torch.float32, 1, [1, 1, 1], history=(40, 7, 19))
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 0.2, -1, "kv4")
     out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 0.2, -1, "kv4", cache=cache,
-                              decode=DecodeConfig(BLOCK_N=16, num_splits=2, stage_k=True, stage_v=True))
+                              decode=DecodeConfig(gluon=False, BLOCK_N=16, num_splits=2, stage_k=True, stage_v=True))
     assert rel_err(out, ref) < TOLERANCE[torch.float32]
 
 
@@ -249,7 +250,7 @@ def test_gpu_one_and_two_warp_programs(fmt, block_n, warps, maxnreg):
     ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt)
     for splits in (1, 8):
         out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt,
-                                  decode=DecodeConfig(BLOCK_N=block_n, num_warps=warps, num_splits=splits,
+                                  decode=DecodeConfig(gluon=False, BLOCK_N=block_n, num_warps=warps, num_splits=splits,
                                                       num_stages=2, maxnreg=maxnreg))
         assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
 
@@ -268,6 +269,6 @@ def test_gpu_int8_queries(fmt, key_groups):
                 dict(BLOCK_N=64, num_warps=2, maxnreg=168)]
     for launch in launches:
         out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, fmt,
-                                  decode=DecodeConfig(**{"num_splits": 4, "q_int8": True, "num_stages": 2, **launch}))
+                                  decode=DecodeConfig(gluon=False, **{"num_splits": 4, "q_int8": True, "num_stages": 2, **launch}))
         assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
         assert rel_err(out, rounded) < 8e-3  # 4.9e-3 measured (H200): the rounding of q is the difference

@@ -160,3 +160,18 @@ def test_gpu_smollm2_heads_tickets_and_graph_replay():
     graph.replay()
     ref2 = attention_kv_reference(q, kc, vc, slot_ids, lens, new, 0.125, -1, "kv4")
     assert rel_err(gout, ref2) < TOLERANCE[torch.bfloat16]
+
+
+@pytest.mark.gpu
+def test_gpu_cache_capacity_is_padded_to_whole_tiles():
+    """A GPU KVCache allocates whole 64-token tiles (so the default decode runs the Gluon kernel) and
+    still refuses tokens past the capacity it was asked for."""
+    from lowc.errors import CacheError
+    from lowc.ops.kv_ops import KVCacheSpec
+    from lowc.runtime.kv_cache import KVCache
+
+    cache = KVCache(KVCacheSpec("kv4", 1, 2, 64, torch.bfloat16, key_groups=2), 2, 1000, "cuda")
+    assert cache.max_tokens == 1000 and cache.tensors[0].shape[2] == 1024
+    (slot,) = cache.allocate(1)
+    with pytest.raises(CacheError):
+        cache.reserve([slot], [1001])
