@@ -164,6 +164,23 @@ def token_order(x, T: gl.constexpr, row_l: gl.constexpr):
 
 
 @gluon.jit
+def load_tile(kd, vd, ks, kz, vs, vz, n0, k_off, vx_off, ks_off, vs_off, K_GROUPS: gl.constexpr, DB: gl.constexpr,
+              TL: gl.constexpr):
+    """The words and fp16 scales/zeros of the tile starting at token n0 (kd, vd: the cache as int32
+    words): key runs of group 0 and 1 (group 1 = group 0 with one group), value words of tokens X and
+    Y = X + TL, key scale/zero [8, TL, K_GROUPS], value scale/zero [8, TL]."""
+    k0 = gl.load(kd + n0 * (DB // 4) + k_off)
+    k1 = k0
+    if K_GROUPS == 2:
+        k1 = gl.load(kd + n0 * (DB // 4) + k_off + DB // 4 // K_GROUPS)
+    vx = gl.load(vd + n0 * (DB // 4) + vx_off)
+    vy = gl.load(vd + n0 * (DB // 4) + vx_off + TL * (DB // 4))
+    k_s = gl.load(ks + n0 * K_GROUPS + ks_off)
+    k_z = gl.load(kz + n0 * K_GROUPS + ks_off)
+    return k0, k1, vx, vy, k_s, k_z, gl.load(vs + n0 + vs_off), gl.load(vz + n0 + vs_off)
+
+
+@gluon.jit
 def group_scores(acc, s, z, qsum, qk_scale, bias, T: gl.constexpr, row_l: gl.constexpr):
     """u * acc - u (z + bias) sum(q) of one key group, u = s * qk_scale (per token; s, z [8, TL])."""
     u = s.to(gl.float32) * qk_scale
@@ -305,32 +322,16 @@ def decode_kv4_kernel(
     start = gl.minimum((lo // T) * T, last_start)
     end_start = gl.minimum(gl.maximum((hi - 1) // T * T, start), last_start)
 
-    k0 = gl.load(kd + start * (DB // 4) + k_off)
-    k1 = k0
-    if K_GROUPS == 2:
-        k1 = gl.load(kd + start * (DB // 4) + k_off + DB // 4 // K_GROUPS)
-    vx = gl.load(vd + start * (DB // 4) + vx_off)
-    vy = gl.load(vd + start * (DB // 4) + vx_off + TL * (DB // 4))
-    k_s = gl.load(ks + start * K_GROUPS + ks_off)
-    k_z = gl.load(kz + start * K_GROUPS + ks_off)
-    v_s = gl.load(vs + start + vs_off)
-    v_z = gl.load(vz + start + vs_off)
+    k0, k1, vx, vy, k_s, k_z, v_s, v_z = load_tile(kd, vd, ks, kz, vs, vz, start, k_off, vx_off, ks_off, vs_off,
+                                                   K_GROUPS, DB, TL)
 
     m = gl.full([NH], float("-inf"), gl.float32, layout=col_l)
     l = gl.zeros([NH], gl.float32, layout=col_l)
     acc = gl.zeros([D, NH], gl.float32, layout=mma)
     for n0 in range(start, hi, T):
         nxt = gl.minimum(n0 + T, end_start)  # the last tile re-reads itself (cached, never used)
-        n_k0 = gl.load(kd + nxt * (DB // 4) + k_off)
-        n_k1 = n_k0
-        if K_GROUPS == 2:
-            n_k1 = gl.load(kd + nxt * (DB // 4) + k_off + DB // 4 // K_GROUPS)
-        n_vx = gl.load(vd + nxt * (DB // 4) + vx_off)
-        n_vy = gl.load(vd + nxt * (DB // 4) + vx_off + TL * (DB // 4))
-        n_k_s = gl.load(ks + nxt * K_GROUPS + ks_off)
-        n_k_z = gl.load(kz + nxt * K_GROUPS + ks_off)
-        n_v_s = gl.load(vs + nxt + vs_off)
-        n_v_z = gl.load(vz + nxt + vs_off)
+        n_k0, n_k1, n_vx, n_vy, n_k_s, n_k_z, n_v_s, n_v_z = load_tile(kd, vd, ks, kz, vs, vz, nxt, k_off, vx_off,
+                                                                       ks_off, vs_off, K_GROUPS, DB, TL)
 
         tok = n0 + tok_rel
         valid = (tok >= lo) & (tok < hi)
