@@ -68,7 +68,8 @@ class DecodeConfig:
     # kv4 with bf16/fp16 queries: the register-fragment Gluon kernel (codegen/gluon_attention_kv4.py), one
     # warp per program over gluon_block_n-token tiles; elsewhere, or with gluon=False, the Triton kernel
     # runs (runtime/attention_gluon.gluon_limits says why). The default tile and grid were the fastest of
-    # bench/attention_gluon.py's sweep at 9 of 12 points on the H100 (docs/kernels-attention.md, fifth round).
+    # bench/attention_gluon.py's sweep, or within 2% of it, at 12 of 12 points on the H100 and 11 of 12 on
+    # the H200 (docs/kernels-attention.md, fifth round).
     gluon: bool = True
     gluon_block_n: int = 64
     gluon_programs_per_sm: int = 8

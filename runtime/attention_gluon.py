@@ -2,7 +2,7 @@
 
 `DecodeConfig.gluon` asks for it; it runs where it can: a kv4 cache, bf16 or fp16 queries, a CUDA
 device the generated kernels support with a Triton that has Gluon, head_dim 64 / 128 / 256, a GQA
-group of at most 16 query heads, and a cache capacity that is a multiple of the kernel's token tile
+group of at most 8 query heads, and a cache capacity that is a multiple of the kernel's token tile
 (its loads are whole aligned tiles). Elsewhere `attention_kv_triton` runs the Triton decode kernel
 (`gluon_limits` names the reason). One warp per program, so the grid aims at more programs per
 multiprocessor than the Triton kernel's (DecodeConfig.gluon_programs_per_sm).
@@ -16,7 +16,7 @@ import torch
 
 GLUON_HEAD_DIMS = (64, 128, 256)
 GLUON_BLOCK_NS = (16, 32, 64, 128)
-MAX_GROUP = 16  # query heads per KV head on the MMA's N side (8 or 16)
+MAX_GROUP = 8  # query heads per KV head: the MMA's N side (N = 16 builds but has not run on a GPU)
 
 
 def gluon_limits(fmt: str, q: torch.Tensor, head_dim: int, group: int, max_tokens: int, block_n: int,
