@@ -25,21 +25,26 @@ POINTER_TYPES = {"q_ptr": "*bf16", "kd_ptr": "*u8", "ks_ptr": "*fp16", "kz_ptr":
                  "sm_scale": "fp32"}
 
 
-def main(argv=None) -> int:
-    os.environ.pop("TRITON_INTERPRET", None)  # the module must be compiled, not interpreted
+def compile_tile(block_n: int, head_dim: int, key_groups: int):
+    """The decode kernel built for sm_90 as the docstring says (what tests/codegen/test_gluon_attention.py
+    checks too)."""
     from lowc.codegen import gluon_attention_kv4 as m
     from lowc.runtime.aot_compile import compile_for_target
 
+    k_l, v_l, ks_l, vs_l = m.layouts(block_n, head_dim, key_groups)
+    fn = m.decode_kv4_kernel
+    const = dict(GROUP=4, HEAD_DIM=head_dim, NH=8, BLOCK_N=block_n, K_GROUPS=key_groups, SPLIT=True, BF16=True,
+                 k_l=k_l, v_l=v_l, ks_l=ks_l, vs_l=vs_l, PDL=True)
+    divisible = {n for n in fn.arg_names if n not in const and n not in ("window", "num_splits", "sm_scale")}
+    return compile_for_target(fn, const, POINTER_TYPES, divisible=divisible, num_warps=1)
+
+
+def main(argv=None) -> int:
+    os.environ.pop("TRITON_INTERPRET", None)  # the module must be compiled, not interpreted
     for spec in (argv if argv is not None else sys.argv[1:]):
         block_n, head_dim, key_groups = (int(v) for v in spec.split(","))
-        k_l, v_l, ks_l, vs_l = m.layouts(block_n, head_dim, key_groups)
-        fn = m.decode_kv4_kernel
-        const = dict(GROUP=4, HEAD_DIM=head_dim, NH=8, BLOCK_N=block_n, K_GROUPS=key_groups, SPLIT=True, BF16=True,
-                     k_l=k_l, v_l=v_l, ks_l=ks_l, vs_l=vs_l, PDL=True)
-        divisible = {n for n in fn.arg_names if n not in const and n not in ("window", "num_splits", "sm_scale")}
-        compiled = compile_for_target(fn, const, POINTER_TYPES, divisible=divisible, num_warps=1)
         with tempfile.TemporaryDirectory() as d:
-            sass, registers, stack = disassemble(compiled, d)
+            sass, registers, stack = disassemble(compile_tile(block_n, head_dim, key_groups), d)
         mix = loop_mix(sass)
         total = sum(mix.values())
         print(f"{spec}: {registers} registers, stack {stack}, loop {total} instructions "

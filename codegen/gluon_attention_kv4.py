@@ -51,39 +51,21 @@ from lowc.codegen.gluon_w4a8_g128 import _log2, cta_barrier, pdl_wait
 LOG2E = gl.constexpr(1.4426950408889634)
 RESCALE_SLACK = gl.constexpr(8.0)
 
-# One word (four bytes) of a key row -> four registers of two 16-bit values bias + nibble:
-# $0 = {b0.lo, b2.lo}, $1 = {b1.lo, b3.lo}, $2 = {b0.hi, b2.hi}, $3 = {b1.hi, b3.hi}.
-_KEY_ASM = """{{
-.reg .b32 t;
-lop3.b32 $0, $4, 0x000f000f, {magic}, 0xea;
-shr.u32 t, $4, 8;
-lop3.b32 $1, t, 0x000f000f, {magic}, 0xea;
-shr.u32 t, $4, 4;
-lop3.b32 $2, t, 0x000f000f, {magic}, 0xea;
-shr.u32 t, $4, 12;
-lop3.b32 $3, t, 0x000f000f, {magic}, 0xea;
-}}"""
+def _spread_nibbles(src: str, first: int) -> str:
+    """PTX: the nibbles of register `src` into registers $first .. $first + 3 as pairs of 16-bit
+    values bias + nibble: {b0.lo, b2.lo}, {b1.lo, b3.lo}, {b0.hi, b2.hi}, {b1.hi, b3.hi}."""
+    lines = [f"lop3.b32 ${first}, {src}, 0x000f000f, {{magic}}, 0xea;"]
+    for reg, shift in ((first + 1, 8), (first + 2, 4), (first + 3, 12)):
+        lines += [f"shr.u32 t, {src}, {shift};", f"lop3.b32 ${reg}, t, 0x000f000f, {{magic}}, 0xea;"]
+    return "\n".join(lines)
+
+
+# One word (four bytes) of a key row ($4) -> the four registers _spread_nibbles names.
+_KEY_ASM = "{{\n.reg .b32 t;\n" + _spread_nibbles("$4", 0) + "\n}}"
 # The same word of value rows X ($8) and Y ($9) -> the pairs {X, Y} of byte 2s + u, nibble h in
 # register $(4s + 2h + u): the bf16 pairs that V^T's A registers hold (X and Y adjacent tokens of K).
-_VALUE_ASM = """{{
-.reg .b32 a, b, t;
-prmt.b32 a, $8, $9, 0x5410;
-prmt.b32 b, $8, $9, 0x7632;
-lop3.b32 $0, a, 0x000f000f, {magic}, 0xea;
-shr.u32 t, a, 8;
-lop3.b32 $1, t, 0x000f000f, {magic}, 0xea;
-shr.u32 t, a, 4;
-lop3.b32 $2, t, 0x000f000f, {magic}, 0xea;
-shr.u32 t, a, 12;
-lop3.b32 $3, t, 0x000f000f, {magic}, 0xea;
-lop3.b32 $4, b, 0x000f000f, {magic}, 0xea;
-shr.u32 t, b, 8;
-lop3.b32 $5, t, 0x000f000f, {magic}, 0xea;
-shr.u32 t, b, 4;
-lop3.b32 $6, t, 0x000f000f, {magic}, 0xea;
-shr.u32 t, b, 12;
-lop3.b32 $7, t, 0x000f000f, {magic}, 0xea;
-}}"""
+_VALUE_ASM = ("{{\n.reg .b32 a, b, t;\nprmt.b32 a, $8, $9, 0x5410;\nprmt.b32 b, $8, $9, 0x7632;\n"
+              + _spread_nibbles("a", 0) + "\n" + _spread_nibbles("b", 4) + "\n}}")
 KEY_ASM_BF16 = gl.constexpr(_KEY_ASM.format(magic="0x43004300"))
 KEY_ASM_FP16 = gl.constexpr(_KEY_ASM.format(magic="0x64006400"))
 VALUE_ASM_BF16 = gl.constexpr(_VALUE_ASM.format(magic="0x43004300"))

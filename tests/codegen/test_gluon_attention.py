@@ -55,29 +55,35 @@ def test_replay_catches_a_wrong_permutation(monkeypatch):
     assert not torch.equal(kernel.key_operand_replay(rows, 0, 1), good)
 
 
-POINTERS = {"q_ptr": "*bf16", "kd_ptr": "*u8", "ks_ptr": "*fp16", "kz_ptr": "*fp16", "vd_ptr": "*u8",
-            "vs_ptr": "*fp16", "vz_ptr": "*fp16", "slot_ptr": "*i64", "clen_ptr": "*i64", "nlen_ptr": "*i64",
-            "out_ptr": "*bf16", "ws_acc_ptr": "*fp32", "ws_ml_ptr": "*fp32", "ticket_ptr": "*i32", "sm_scale": "fp32"}
+def _bench_module(name):
+    """A script of bench/ as a module (bench/ is not a package)."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    bench = pathlib.Path(__file__).parents[2] / "bench"
+    sys.path.insert(0, str(bench))  # its own imports of sibling scripts
+    try:
+        spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module
 
 
 @pytest.mark.parametrize("block_n,head_dim,key_groups", [(32, 128, 1), (32, 128, 2), (64, 64, 2)])
-def test_sm90_build_feeds_the_mma_from_registers(gluon_sm90, block_n, head_dim, key_groups):
-    """Built for sm_90: the loop holds the expected MMAs (q . k: BLOCK_N / 16 x head_dim / 16, and as
-    many for P . V), no shared-memory traffic, no barrier and no spill stores; the unpack is the inline PTX."""
-    import importlib.util
-    import pathlib
+def test_sm90_build_feeds_the_mma_from_registers(block_n, head_dim, key_groups):
+    """Built for sm_90 (bench/sass_gluon_attention.py's build): the loop holds the expected MMAs
+    (q . k: BLOCK_N / 16 x head_dim / 16, and as many for P . V), no shared-memory traffic, no barrier
+    and no spill stores; the unpack is the inline PTX."""
     import tempfile
 
-    path = pathlib.Path(__file__).parents[2] / "bench" / "sass_gemv.py"
-    spec = importlib.util.spec_from_file_location("sass_gemv", path)
-    sass_gemv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sass_gemv)
+    import triton
 
-    k_l, v_l, ks_l, vs_l = kernel.layouts(block_n, head_dim, key_groups)
-    const = dict(GROUP=4, HEAD_DIM=head_dim, NH=8, BLOCK_N=block_n, K_GROUPS=key_groups, SPLIT=True, BF16=True,
-                 k_l=k_l, v_l=v_l, ks_l=ks_l, vs_l=vs_l, PDL=True)
-    compiled = gluon_sm90(kernel.decode_kv4_kernel, const, POINTERS, 1,
-                          unaligned=("window", "num_splits", "sm_scale"))
+    pytest.importorskip("triton.backends.nvidia")
+    sass_gemv = _bench_module("sass_gemv")
+    compiled = _bench_module("sass_gluon_attention").compile_tile(block_n, head_dim, key_groups)
     assert "griddepcontrol.wait" in compiled.asm["ptx"]
     assert compiled.asm["ptx"].count("prmt.b32 a, ") >= 1  # the value unpack's byte pairing
     with tempfile.TemporaryDirectory() as d:
@@ -87,8 +93,6 @@ def test_sm90_build_feeds_the_mma_from_registers(gluon_sm90, block_n, head_dim, 
     assert not any(op.startswith(("LDS", "STS", "BAR", "STL")) for op in mix), mix
     # Triton 3.6 (the device's) builds it without local memory; 3.9 keeps 16 bytes of stack that the
     # loop reads (no spill stores there).
-    import triton
-
     assert registers <= 255 and (stack == 0 or not triton.__version__.startswith("3.6")), (registers, stack, mix)
 
 
