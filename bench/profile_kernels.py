@@ -60,6 +60,8 @@ CASES = {
     "w4a8_m16_28672": lambda: _qlinear("w4a8_g128", 16, 28672, 4096),
     "w4a8_m16_4096": lambda: _qlinear("w4a8_g128", 16, 4096, 4096),
     "w4a8_m64_28672": lambda: _qlinear("w4a8_g128", 64, 28672, 4096),
+    "w4a8_m64_4096": lambda: _qlinear("w4a8_g128", 64, 4096, 4096),
+    "w4a8_m256_28672": lambda: _qlinear("w4a8_g128", 256, 28672, 4096),
     "w6a6_m1_4096": lambda: _qlinear("w6a6_g128_bp", 1, 4096, 4096),
     "kv4_b64_s4096": lambda: _attention("kv4k2", 64, 4096),
 }

@@ -63,11 +63,15 @@ class TileConfig:
     W_AS_B: int = 0  # w4a8_g only: tokens are the MMA's A operand, the dequantized weight its B (see below)
     MMA_REG: int = 0  # w4a8_g128 only: the Gluon kernel with weight fragments loaded into mma.sync registers
     # (codegen/gluon_w4a8_g128.py): BM tokens (8-64), BN = 16 * num_warps * (1 or 2), BK = 128 or 256
+    WGMMA: int = 0  # w4a8_g128 only, sm_90: the Gluon kernel feeding unpacked weights to wgmma from registers
+    # (codegen/gluon_w4a8_wgmma.py): BM tokens (16-128), BN = 16 * num_warps (1, 2 or 4 warpgroups), BK = 128,
+    # num_stages ring stages of one group (num_stages - 2 groups of copies in flight)
 
     def to_dict(self) -> dict:
-        """The fields; W_AS_B and MMA_REG only when set, so tables written before them stay byte-identical."""
+        """The fields; W_AS_B, MMA_REG and WGMMA only when set, so tables written before them stay
+        byte-identical."""
         d = dataclasses.asdict(self)
-        for flag in ("W_AS_B", "MMA_REG"):
+        for flag in ("W_AS_B", "MMA_REG", "WGMMA"):
             if not d[flag]:
                 del d[flag]
         return d
@@ -89,7 +93,20 @@ class TileConfig:
         for name in ("BM", "BN", "BK", "GROUP_M", "num_warps"):
             if not pow2(getattr(self, name)):
                 problems.append(f"{name}={getattr(self, name)} is not a power of two")
-        if self.MMA_REG:
+        if self.WGMMA:
+            if spec.family != "w4a8_g" or spec.group_size != MMA_REG_GROUP:
+                problems.append(f"WGMMA exists only for w4a8_g{MMA_REG_GROUP}")
+            if not 16 <= self.BM <= 128 or self.BK != MMA_REG_GROUP:
+                problems.append(f"WGMMA takes BM = 16-128 tokens and BK = {MMA_REG_GROUP} (one group)")
+            if self.num_warps not in (4, 8, 16) or self.BN != 16 * self.num_warps:
+                problems.append("WGMMA takes 1, 2 or 4 warpgroups of 64 rows (BN = 16 * num_warps, 4, 8 or 16 warps)")
+            elif self.num_warps == 16 and self.BM > 64:
+                problems.append("WGMMA with 16 warps takes BM <= 64 (128 registers per thread)")
+            if not 3 <= self.num_stages <= 8:
+                problems.append("WGMMA takes num_stages = 3-8 (ring stages; num_stages - 2 groups in flight)")
+            if self.GEMV or self.W_AS_B or self.DEQUANT_FIRST or self.MMA_REG:
+                problems.append("WGMMA is its own kernel: no GEMV, W_AS_B, DEQUANT_FIRST or MMA_REG")
+        elif self.MMA_REG:
             if spec.family != "w4a8_g" or spec.group_size != MMA_REG_GROUP:
                 problems.append(f"MMA_REG exists only for w4a8_g{MMA_REG_GROUP}")
             if self.BM not in (8, 16, 32, 64) or self.BK not in (128, 256):
@@ -243,6 +260,7 @@ def candidate_configs(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConf
     if spec.family == "w4a8_g" and m <= 256:
         out += operand_candidates(spec, m, n, k)
     out += mma_reg_candidates(spec, m, n, k)
+    out += wgmma_candidates(spec, m, n, k)
     if two_pass and m >= 128:
         out += [TileConfig(128, 128, 128, 1, 8, 3, DEQUANT_FIRST=1), TileConfig(128, 128, 128, 1, 8, 4, DEQUANT_FIRST=1),
                 TileConfig(256, 128, 128, 1, 8, 3, DEQUANT_FIRST=1)]
@@ -272,6 +290,32 @@ def mma_reg_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileCon
             for split in split_factors(-(-n // bn) * -(-m // bm), k // bk, 0.75, 16):
                 out.append(TileConfig(bm, bn, bk, split, warps, 1, MMA_REG=1))
     return out
+
+
+def wgmma_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig]:
+    """w4a8_g128, M = 9-256 on sm_90: the warpgroup Gluon kernel (WGMMA), 1, 2 or 4 warpgroups of
+    64 rows sharing the activations (4 only up to 64 tokens: 128 registers per thread), 16-128 tokens per program, a ring of 4-8 groups (at most 160 KB of shared memory),
+    split-K so that the grid holds ~1-8 programs per SM."""
+    if (spec.family != "w4a8_g" or spec.group_size != MMA_REG_GROUP or not 8 < m <= 256 or k % (4 * MMA_REG_GROUP)
+            or not _is_sm90()):
+        return []
+    bm = min(128, max(16, m_bucket(m)))
+    out = []
+    for bm_try in sorted({bm, min(bm, 64)}):
+        for warps in (4, 8, 16) if bm_try <= 64 else (4, 8):
+            bn = 16 * warps
+            for stages in (4, 6, 8):
+                if stages * (bm_try * MMA_REG_GROUP + bn * MMA_REG_GROUP // 2) > 160 * 1024:
+                    continue
+                for split in split_factors(-(-n // bn) * -(-m // bm_try), k // MMA_REG_GROUP, 0.75, 8):
+                    out.append(TileConfig(bm_try, bn, MMA_REG_GROUP, split, warps, stages, WGMMA=1))
+    return out
+
+
+def _is_sm90() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
 def split_factors(programs: int, k_tiles: int, low: float, high: float) -> list[int]:

@@ -25,7 +25,7 @@ import torch
 from lowc.codegen.spec import KernelSpec, spec_for_qlinear
 from lowc.errors import KernelError, QuantizationError
 from lowc.runtime.autotune import Autotuner, TileConfig, default_config, default_tuner, device_slug
-from lowc.runtime.gemm_mma_reg import launch_mma_reg, mma_reg_fits
+from lowc.runtime.gemm_mma_reg import launch_mma_reg, launch_wgmma, mma_reg_fits, wgmma_fits
 from lowc.runtime.kernel_cache import KernelCache, LoadedKernel, default_cache
 from lowc.runtime.pdl import pdl_args
 
@@ -119,11 +119,12 @@ def qlinear_triton(
     def launch(cfg: TileConfig) -> None:
         if cfg.GEMV and not _gemv_fits(x2, k):
             cfg = default_config(spec, m, n, k, allow_gemv=False)
-        if cfg.MMA_REG and not mma_reg_fits(cfg, x2, k, kw):
+        if (cfg.MMA_REG and not mma_reg_fits(cfg, x2, k, kw)) or (cfg.WGMMA and not wgmma_fits(cfg, x2, k, kw)):
             cfg = default_config(spec, m, n, k)
-        if cfg.MMA_REG:
+        if cfg.MMA_REG or cfg.WGMMA:
             scratch = _splitk_scratch(cache, cfg, spec, out, m, n, -(-n // cfg.BN) * -(-m // cfg.BM))
-            launch_mma_reg(cfg, spec, x2, sx, weight, bias_arg, bias is not None, out, *scratch, m, n, kw)
+            launcher = launch_wgmma if cfg.WGMMA else launch_mma_reg
+            launcher(cfg, spec, x2, sx, weight, bias_arg, bias is not None, out, *scratch, m, n, kw)
         elif cfg.GEMV:
             _launch_gemv(loaded, cfg, spec, cache, x2, sx, weight, bias_arg, bias is not None, out, m, n, k, kw)
         elif cfg.DEQUANT_FIRST:

@@ -73,6 +73,41 @@ def launch_mma_reg(cfg, spec, x2, sx, weight, bias_arg, has_bias, out, ws, ticke
         ) from e
 
 
+def wgmma_fits(cfg, x2: torch.Tensor, k: int, kw: int) -> bool:
+    """Whether `cfg` (a WGMMA config) can run on this input: as `mma_reg_fits`, on an sm_90 device
+    (wgmma is Hopper's), K a multiple of 512 (the group parameters are read four groups per word)."""
+    return (mma_reg_fits(cfg, x2, k, kw) and k % 512 == 0
+            and torch.cuda.get_device_capability(x2.device)[0] == 9)
+
+
+@functools.lru_cache(maxsize=None)
+def _wgmma_layouts(bn: int, bm: int, warps: int):
+    from lowc.codegen.gluon_w4a8_wgmma import layouts
+
+    return layouts(bn, bm, warps)
+
+
+def launch_wgmma(cfg, spec, x2, sx, weight, bias_arg, has_bias, out, ws, tickets, m, n, kw) -> None:
+    """out = the qlinear of x2 (INT32 accumulator when out is int32) through the warpgroup Gluon
+    kernel (codegen/gluon_w4a8_wgmma.py); ws and tickets as for `launch_mma_reg`."""
+    from lowc.codegen import gluon_w4a8_wgmma as kernel_module
+
+    grid = (-(-n // cfg.BN), cfg.SPLIT_K, -(-m // cfg.BM))
+    w_l, u_l, c_l, o_l = _wgmma_layouts(cfg.BN, cfg.BM, cfg.num_warps)
+    try:
+        kernel_module.qlinear_wgmma_kernel[grid](
+            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, kw, x2.stride(0), kw // 8,
+            HAS_BIAS=has_bias, RAW=out.dtype == torch.int32, BN=cfg.BN, BM=cfg.BM, SPLIT_K=cfg.SPLIT_K,
+            STAGES=cfg.num_stages, WARPS=cfg.num_warps, w_l=w_l, u_l=u_l, c_l=c_l, o_l=o_l,
+            num_warps=cfg.num_warps, **pdl_args(out.device, 1),
+        )
+    except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
+        raise KernelError(
+            f"Gluon kernel qlinear_wgmma_kernel for {spec.name} failed with {cfg} ({type(e).__name__}: {e}); "
+            f"kernel file: {kernel_module.__file__}"
+        ) from e
+
+
 @functools.lru_cache(maxsize=None)
 def _bitplane_layouts(bn: int, bm: int, gpt: int, warps: int, planes: int):
     from lowc.codegen.gluon_bitplane import layouts
