@@ -118,6 +118,33 @@ def splitk_reduce(acc, ws_ptr, cnt_ptr, offs, mask, pid_m, pid_n, SPLIT_K: gl.co
 
 
 @gluon.jit
+def finish_tile(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, pid_m, pid_n,
+                HAS_BIAS: gl.constexpr, RAW: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr,
+                SPLIT_K: gl.constexpr, acc_l: gl.constexpr, o_l: gl.constexpr):
+    """Epilogue of an INT32 [BN, BM] accumulator tile in layout acc_l: the split-K reduction, then
+    (unless RAW) y = (acc * s_x[m]) * s0[n] (+ bias[n]) stored as out[m, n] through o_l."""
+    on = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, acc_l))
+    om = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, acc_l))
+    mask = (on[:, None] < N) & (om[None, :] < M)
+    is_last = True
+    if SPLIT_K > 1:
+        acc, is_last = splitk_reduce(acc, ws_ptr, cnt_ptr, om[None, :] * N + on[:, None], mask, pid_m, pid_n, SPLIT_K)
+    if is_last:
+        if RAW:
+            y = acc
+        else:
+            sx = gl.load(sx_ptr + om, mask=om < M, other=0.0)
+            s0 = gl.load(s0_ptr + on, mask=on < N, other=0.0).to(gl.float32)
+            y = (acc.to(gl.float32) * sx[None, :]) * s0[:, None]  # the reference's order of products
+            if HAS_BIAS:
+                y = y + gl.load(bias_ptr + on, mask=on < N, other=0.0).to(gl.float32)[:, None]
+        y = gl.convert_layout(y.to(out_ptr.dtype.element_ty), o_l)  # channels contiguous per thread
+        sn = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, o_l))
+        sm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, o_l))
+        gl.store(out_ptr + sm[None, :] * N + sn[:, None], y, mask=(sn[:, None] < N) & (sm[None, :] < M))
+
+
+@gluon.jit
 def mma_tile(acc, words, s1, zs1, xw, BN: gl.constexpr, BM: gl.constexpr, GPT: gl.constexpr,
              a_l: gl.constexpr, b_l: gl.constexpr):
     """acc += w8 . x^T over one K tile, in the permuted K order of the module docstring."""
@@ -182,25 +209,8 @@ def qlinear_mma_kernel(
         acc = mma_tile(acc, words, s1, zs1, xw, BN, BM, GPT, a_l, b_l)
         words, s1, zs1, xw = n_words, n_s1, n_zs1, n_xw
 
-    on = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
-    om = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
-    mask = (on[:, None] < N) & (om[None, :] < M)
-    is_last = True
-    if SPLIT_K > 1:
-        acc, is_last = splitk_reduce(acc, ws_ptr, cnt_ptr, om[None, :] * N + on[:, None], mask, pid_m, pid_n, SPLIT_K)
-    if is_last:
-        if RAW:
-            y = acc
-        else:
-            sx = gl.load(sx_ptr + om, mask=om < M, other=0.0)
-            s0 = gl.load(s0_ptr + on, mask=on < N, other=0.0).to(gl.float32)
-            y = (acc.to(gl.float32) * sx[None, :]) * s0[:, None]  # the reference's order of products
-            if HAS_BIAS:
-                y = y + gl.load(bias_ptr + on, mask=on < N, other=0.0).to(gl.float32)[:, None]
-        y = gl.convert_layout(y.to(out_ptr.dtype.element_ty), o_l)  # channels contiguous per thread
-        sn = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, o_l))
-        sm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, o_l))
-        gl.store(out_ptr + sm[None, :] * N + sn[:, None], y, mask=(sn[:, None] < N) & (sm[None, :] < M))
+    finish_tile(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, pid_m, pid_n,
+                HAS_BIAS, RAW, BN, BM, SPLIT_K, mma, o_l)
 
 
 def _log2(v: int) -> int:

@@ -40,10 +40,10 @@ from lowc.codegen.gluon_w4a8_g128 import (
     BYTE_SIGN_BITS,
     GROUP,
     cta_barrier,
+    finish_tile,
     int8_lanes,
     pdl_launch_dependents,
     pdl_wait,
-    splitk_reduce,
 )
 
 
@@ -191,25 +191,8 @@ def qlinear_wgmma_kernel(
         w = n_w
     async_copy.wait_group(0)
 
-    on = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
-    om = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
-    mask = (on[:, None] < N) & (om[None, :] < M)
-    is_last = True
-    if SPLIT_K > 1:
-        acc, is_last = splitk_reduce(acc, ws_ptr, cnt_ptr, om[None, :] * N + on[:, None], mask, pid_m, pid_n, SPLIT_K)
-    if is_last:
-        if RAW:
-            y = acc
-        else:
-            sx = gl.load(sx_ptr + om, mask=om < M, other=0.0)
-            s0 = gl.load(s0_ptr + on, mask=on < N, other=0.0).to(gl.float32)
-            y = (acc.to(gl.float32) * sx[None, :]) * s0[:, None]  # the reference's order of products
-            if HAS_BIAS:
-                y = y + gl.load(bias_ptr + on, mask=on < N, other=0.0).to(gl.float32)[:, None]
-        y = gl.convert_layout(y.to(out_ptr.dtype.element_ty), o_l)  # channels contiguous per thread
-        sn = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, o_l))
-        sm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, o_l))
-        gl.store(out_ptr + sm[None, :] * N + sn[:, None], y, mask=(sn[:, None] < N) & (sm[None, :] < M))
+    finish_tile(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, pid_m, pid_n,
+                HAS_BIAS, RAW, BN, BM, SPLIT_K, mma, o_l)
 
 
 def layouts(BN: int, BM: int, WARPS: int):
