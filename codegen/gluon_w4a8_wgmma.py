@@ -8,21 +8,23 @@ s0[n] (+ bias[n]). Computed transposed, out^T = W8 . X^T: the output channels fi
 of `wgmma.m64nBMk32.s32.s8.s8` (16 rows per warp, one warpgroup per 64 rows), the tokens its N side.
 
 Weights. The A register fragment of a warp's 16 rows is the `mma.m16n8k32` one, so the weight words
-are loaded and unpacked exactly as in codegen/gluon_w4a8_g128.py (one 16-byte load per row and group
-and lane quad t, mask / multiply-add / XOR per four codes), in that module's permuted K order: the
-MMA's K position 32c + 16h + 4t + b of a group holds code 32t + 8c + 4h + b. Nothing is staged.
+are read and unpacked as in codegen/gluon_w4a8_g128.py (one 16-byte run per row, group and lane
+quad t; mask / multiply-add / XOR per four codes), in that module's permuted K order: the MMA's K
+position 32c + 16h + 4t + b of a group holds code 32t + 8c + 4h + b. They reach shared memory by
+16-byte `cp.async`s (to keep many groups in flight without registers) and each thread reads back
+exactly its runs. The group parameters s1 / zs1 are read as int32 words of four groups' bytes.
 
 Activations. wgmma reads B from shared memory in its own K order, so the rows are copied there
 already permuted: 4-byte `cp.async` copies, word d = 8c + 4h + t of a token's staged group taking
 source word 8t + 2c + h (a permutation inside each 128-byte row: the 32 lanes of a copy read one
-token's group, coalesced, and write one swizzled row, no bank conflicts). A ring of STAGES groups
-[BM, 128] (128-byte swizzle), refilled STAGES - 1 groups ahead.
+token's group, coalesced, and write one swizzled row, no bank conflicts).
 
-Loop, per group: wait for its copies, fence, CTA barrier (the copies of all threads are in, and every
-warpgroup's MMA of the previous group has retired, so its stage may be refilled), start the copy of
-the group STAGES - 1 ahead, issue the MMAs asynchronously, load the weights two groups ahead and
-unpack the next group's while the tensor cores run, then wait for the MMAs. Split-K over groups and
-the epilogue as in the register-fragment kernel.
+Ring: STAGES stages of one group (activations [BM, 128] with 128-byte swizzle, weight words [BN, 16]),
+refilled STAGES - 1 groups ahead. Loop, per group kt: issue its MMAs asynchronously; while they
+run, wait for group kt + 1's copies, fence, CTA barrier (every thread's copies are in, and every
+warpgroup's MMAs of group kt - 1 have retired, so that stage may be refilled), start the copies of
+group kt + STAGES - 1, read and unpack group kt + 1; then wait for the MMAs. Split-K over groups
+and the epilogue are the register-fragment kernel's (`finish_tile`).
 
 Gluon has no interpreter: the CPU tests compile this kernel for sm_90 and check its SASS and replay
 the activation permutation in plain torch (`staged_columns`); the GPU tests check it bit for bit.

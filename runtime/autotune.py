@@ -65,7 +65,7 @@ class TileConfig:
     # (codegen/gluon_w4a8_g128.py): BM tokens (8-64), BN = 16 * num_warps * (1 or 2), BK = 128 or 256
     WGMMA: int = 0  # w4a8_g128 only, sm_90: the Gluon kernel feeding unpacked weights to wgmma from registers
     # (codegen/gluon_w4a8_wgmma.py): BM tokens (16-128), BN = 16 * num_warps (1, 2 or 4 warpgroups), BK = 128,
-    # num_stages ring stages of one group (num_stages - 2 groups of copies in flight)
+    # num_stages ring stages of one group (copies num_stages - 1 groups ahead)
 
     def to_dict(self) -> dict:
         """The fields; W_AS_B, MMA_REG and WGMMA only when set, so tables written before them stay
@@ -103,7 +103,7 @@ class TileConfig:
             elif self.num_warps == 16 and self.BM > 64:
                 problems.append("WGMMA with 16 warps takes BM <= 64 (128 registers per thread)")
             if not 3 <= self.num_stages <= 8:
-                problems.append("WGMMA takes num_stages = 3-8 (ring stages; num_stages - 2 groups in flight)")
+                problems.append("WGMMA takes num_stages = 3-8 (ring stages of one group)")
             if self.GEMV or self.W_AS_B or self.DEQUANT_FIRST or self.MMA_REG:
                 problems.append("WGMMA is its own kernel: no GEMV, W_AS_B, DEQUANT_FIRST or MMA_REG")
         elif self.MMA_REG:
@@ -293,8 +293,9 @@ def mma_reg_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileCon
 
 
 def wgmma_candidates(spec: KernelSpec, m: int, n: int, k: int) -> list[TileConfig]:
-    """w4a8_g128, M = 9-256 on sm_90: the warpgroup Gluon kernel (WGMMA), 1, 2 or 4 warpgroups of
-    64 rows sharing the activations (4 only up to 64 tokens: 128 registers per thread), 16-128 tokens per program, a ring of 4-8 groups (at most 160 KB of shared memory),
+    """w4a8_g128, M = 9-256, K a multiple of 512, on sm_90: the warpgroup Gluon kernel (WGMMA):
+    1, 2 or 4 warpgroups of 64 rows sharing the activations (4 only up to 64 tokens: 128 registers
+    per thread), 16-128 tokens per program, a ring of 4-8 groups (at most 160 KB of shared memory),
     split-K so that the grid holds ~1-8 programs per SM."""
     if (spec.family != "w4a8_g" or spec.group_size != MMA_REG_GROUP or not 8 < m <= 256 or k % (4 * MMA_REG_GROUP)
             or not _is_sm90()):
