@@ -254,6 +254,13 @@ def fragment_products(q, s1, zs1, x):
     nibble h and byte b, the A value of a row is decoded from word 4t + c of its nibble-split group
     (nibble h of byte b) and the B value of a token is its byte 32t + 8c + 4h + b. It equals
     (q * s1 - zs1) @ x^T exactly iff both sides name the same K position (tests/codegen/test_gluon_w4a8.py)."""
+    return lane_products(q, s1, zs1, x, lambda t, c, h, b: 32 * t + 8 * c + 4 * h + b)
+
+
+def lane_products(q, s1, zs1, x, column):
+    """sum over the lane slots (t, c, h, b) of one group of A x B, int32 [rows, tokens]: A decoded as
+    lane quad t loads it (word 4t + c of the row's nibble-split group, nibble h of byte b), B the
+    tokens' byte column(t, c, h, b) of x [tokens, 128]. The replays of both W4A8 Gluon kernels."""
     import torch
 
     words = torch.zeros(q.shape[0], 16, dtype=torch.int64)  # nibble-split packing of each row's group
@@ -266,5 +273,5 @@ def fragment_products(q, s1, zs1, x):
             for h in range(2):
                 for b in range(4):
                     a = ((words[:, 4 * t + c] >> (8 * b + 4 * h)) & 0xF) * s1.long() - zs1.long()
-                    out += a[:, None] * x[:, 32 * t + 8 * c + 4 * h + b].long()[None, :]
+                    out += a[:, None] * x[:, column(t, c, h, b)].long()[None, :]
     return out.to(torch.int32)

@@ -44,6 +44,7 @@ from lowc.codegen.gluon_w4a8_g128 import (
     cta_barrier,
     finish_tile,
     int8_lanes,
+    lane_products,
     pdl_launch_dependents,
     pdl_wait,
 )
@@ -234,18 +235,5 @@ def staged_products(q, s1, zs1, x):
     h of byte b: what lane quad t loads) and B is the staged byte, x[:, staged_columns()[position]].
     It equals (q * s1 - zs1) @ x^T exactly iff both sides name the same code
     (tests/codegen/test_gluon_w4a8_wgmma.py)."""
-    import torch
-
-    words = torch.zeros(q.shape[0], 16, dtype=torch.int64)  # nibble-split packing of each row's group
-    for j in range(16):
-        for b in range(4):
-            words[:, j] |= (q[:, 8 * j + b].long() | (q[:, 8 * j + 4 + b].long() << 4)) << (8 * b)
     cols = staged_columns()
-    out = torch.zeros(q.shape[0], x.shape[0], dtype=torch.int64)
-    for t in range(4):
-        for c in range(4):
-            for h in range(2):
-                for b in range(4):
-                    a = ((words[:, 4 * t + c] >> (8 * b + 4 * h)) & 0xF) * s1.long() - zs1.long()
-                    out += a[:, None] * x[:, cols[32 * c + 16 * h + 4 * t + b]].long()[None, :]
-    return out.to(torch.int32)
+    return lane_products(q, s1, zs1, x, lambda t, c, h, b: cols[32 * c + 16 * h + 4 * t + b])
