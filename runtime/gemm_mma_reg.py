@@ -52,6 +52,20 @@ def _layouts(bn: int, bm: int, gpt: int, warps: int):
     return layouts(bn, bm, gpt, warps)
 
 
+def _launch_gluon(kernel_module, kernel_name: str, grid, spec, cfg, out, *args, **constexprs) -> None:
+    """kernel_module.<kernel_name>[grid](*args, **constexprs) with cfg's warps and PDL mode 1; a
+    compile error, out-of-resources or launch failure becomes a KernelError naming the kernel, the
+    spec, the config and the kernel file."""
+    try:
+        getattr(kernel_module, kernel_name)[grid](*args, **constexprs, num_warps=cfg.num_warps,
+                                                  **pdl_args(out.device, 1))
+    except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
+        raise KernelError(
+            f"Gluon kernel {kernel_name} for {spec.name} failed with {cfg} ({type(e).__name__}: {e}); "
+            f"kernel file: {kernel_module.__file__}"
+        ) from e
+
+
 def launch_mma_reg(cfg, spec, x2, sx, weight, bias_arg, has_bias, out, ws, tickets, m, n, kw) -> None:
     """out = the qlinear of x2 (INT32 accumulator when out is int32) through the Gluon kernel; ws and
     tickets: the split-K scratch for cdiv(N, BN) * cdiv(M, BM) output tiles (gemm._splitk_scratch)."""
@@ -59,18 +73,12 @@ def launch_mma_reg(cfg, spec, x2, sx, weight, bias_arg, has_bias, out, ws, ticke
 
     grid = (-(-n // cfg.BN), cfg.SPLIT_K, -(-m // cfg.BM))
     w_l, x_l, o_l = _layouts(cfg.BN, cfg.BM, cfg.BK // 128, cfg.num_warps)
-    try:
-        kernel_module.qlinear_mma_kernel[grid](
-            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, kw, x2.stride(0), kw // 8,
-            HAS_BIAS=has_bias, RAW=out.dtype == torch.int32, BN=cfg.BN, BM=cfg.BM, GPT=cfg.BK // 128,
-            SPLIT_K=cfg.SPLIT_K, WARPS=cfg.num_warps, w_l=w_l, x_l=x_l, o_l=o_l,
-            num_warps=cfg.num_warps, **pdl_args(out.device, 1),
-        )
-    except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
-        raise KernelError(
-            f"Gluon kernel qlinear_mma_kernel for {spec.name} failed with {cfg} ({type(e).__name__}: {e}); "
-            f"kernel file: {kernel_module.__file__}"
-        ) from e
+    _launch_gluon(
+        kernel_module, "qlinear_mma_kernel", grid, spec, cfg, out,
+        x2, sx, *weight, bias_arg, out, ws, tickets, m, n, kw, x2.stride(0), kw // 8,
+        HAS_BIAS=has_bias, RAW=out.dtype == torch.int32, BN=cfg.BN, BM=cfg.BM, GPT=cfg.BK // 128,
+        SPLIT_K=cfg.SPLIT_K, WARPS=cfg.num_warps, w_l=w_l, x_l=x_l, o_l=o_l,
+    )
 
 
 def wgmma_fits(cfg, x2: torch.Tensor, k: int, kw: int) -> bool:
@@ -94,18 +102,12 @@ def launch_wgmma(cfg, spec, x2, sx, weight, bias_arg, has_bias, out, ws, tickets
 
     grid = (-(-n // cfg.BN), cfg.SPLIT_K, -(-m // cfg.BM))
     w_l, u_l, c_l, o_l = _wgmma_layouts(cfg.BN, cfg.BM, cfg.num_warps)
-    try:
-        kernel_module.qlinear_wgmma_kernel[grid](
-            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, kw, x2.stride(0), kw // 8,
-            HAS_BIAS=has_bias, RAW=out.dtype == torch.int32, BN=cfg.BN, BM=cfg.BM, SPLIT_K=cfg.SPLIT_K,
-            STAGES=cfg.num_stages, WARPS=cfg.num_warps, w_l=w_l, u_l=u_l, c_l=c_l, o_l=o_l,
-            num_warps=cfg.num_warps, **pdl_args(out.device, 1),
-        )
-    except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
-        raise KernelError(
-            f"Gluon kernel qlinear_wgmma_kernel for {spec.name} failed with {cfg} ({type(e).__name__}: {e}); "
-            f"kernel file: {kernel_module.__file__}"
-        ) from e
+    _launch_gluon(
+        kernel_module, "qlinear_wgmma_kernel", grid, spec, cfg, out,
+        x2, sx, *weight, bias_arg, out, ws, tickets, m, n, kw, x2.stride(0), kw // 8,
+        HAS_BIAS=has_bias, RAW=out.dtype == torch.int32, BN=cfg.BN, BM=cfg.BM, SPLIT_K=cfg.SPLIT_K,
+        STAGES=cfg.num_stages, WARPS=cfg.num_warps, w_l=w_l, u_l=u_l, c_l=c_l, o_l=o_l,
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,15 +136,10 @@ def launch_bitplane_mma_reg(cfg, spec, x2, sx, weight, bias_arg, has_bias, out, 
     planes = spec.w_bits
     grid = (-(-n // cfg.BN), cfg.SPLIT_K, -(-m // cfg.BM))
     w_l, x_l, o_l = _bitplane_layouts(cfg.BN, cfg.BM, cfg.BK // 128, cfg.num_warps, planes)
-    try:
-        kernel_module.qlinear_bitplane_mma_kernel[grid](
-            x2, sx, *weight, bias_arg, out, ws, tickets, m, n, kw, x2.stride(0), n * (kw // 32),
-            P=planes, PP=kernel_module.padded_planes(planes), HAS_BIAS=has_bias, RAW=out.dtype == torch.int32,
-            BN=cfg.BN, BM=cfg.BM, GPT=cfg.BK // 128, SPLIT_K=cfg.SPLIT_K, WARPS=cfg.num_warps, ZERO_MMA=zero_mma,
-            w_l=w_l, x_l=x_l, o_l=o_l, num_warps=cfg.num_warps, **pdl_args(out.device, 1),
-        )
-    except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
-        raise KernelError(
-            f"Gluon kernel qlinear_bitplane_mma_kernel for {spec.name} failed with {cfg} ({type(e).__name__}: {e}); "
-            f"kernel file: {kernel_module.__file__}"
-        ) from e
+    _launch_gluon(
+        kernel_module, "qlinear_bitplane_mma_kernel", grid, spec, cfg, out,
+        x2, sx, *weight, bias_arg, out, ws, tickets, m, n, kw, x2.stride(0), n * (kw // 32),
+        P=planes, PP=kernel_module.padded_planes(planes), HAS_BIAS=has_bias, RAW=out.dtype == torch.int32,
+        BN=cfg.BN, BM=cfg.BM, GPT=cfg.BK // 128, SPLIT_K=cfg.SPLIT_K, WARPS=cfg.num_warps, ZERO_MMA=zero_mma,
+        w_l=w_l, x_l=x_l, o_l=o_l,
+    )

@@ -64,6 +64,25 @@ def test_off_the_gpu_a_stored_mma_reg_config_runs_the_default():
     assert torch.equal(got, qlinear_triton(x, sx, w, None, "w4a8_g128", torch.int32, config=TileConfig(16, 16, 128)))
 
 
+def test_a_failing_gluon_launch_names_kernel_spec_config_and_file():
+    import types
+
+    from lowc.runtime.gemm_mma_reg import _launch_gluon
+
+    class Failing:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError("out of resources: shared memory")
+            return launch
+
+    module = types.SimpleNamespace(qlinear_mma_kernel=Failing(), __file__="/kernels/gluon_w4a8_g128.py")
+    cfg = TileConfig(8, 64, 128, 1, 4, 1, MMA_REG=1)
+    out = torch.empty(1)
+    with pytest.raises(KernelError, match=r"qlinear_mma_kernel for qlinear_w4a8_g128.*MMA_REG=1.*"
+                                          r"out of resources.*/kernels/gluon_w4a8_g128.py"):
+        _launch_gluon(module, "qlinear_mma_kernel", (1, 1, 1), SPEC, cfg, out, out)
+
+
 # -- GPU ---------------------------------------------------------------------------------------------
 
 LLAMA = [(4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336)]
