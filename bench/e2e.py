@@ -31,6 +31,7 @@ measured; `--budget-s` stops starting new rows after that many seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -368,6 +369,26 @@ class Run:
             free_memory()
 
 
+PDL_SETTINGS = {"": (None, None), "@attention_pdl": (None, 1), "@pdl2": (2, None)}  # label: (mode, attention level)
+
+
+@contextlib.contextmanager
+def pdl_setting(mode, attention_level):
+    """Run with PDL `mode` (None: as shipped) and the Gluon decode attention's PDL level (None: as shipped)."""
+    from lowc.runtime import attention_gluon, pdl
+
+    saved = pdl.pdl_mode(), attention_gluon.PDL_LEVEL
+    try:
+        if mode is not None:
+            pdl.set_pdl(mode)
+        if attention_level is not None:
+            attention_gluon.PDL_LEVEL = attention_level
+        yield
+    finally:
+        pdl.set_pdl(saved[0])
+        attention_gluon.PDL_LEVEL = saved[1]
+
+
 def fmt(v, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -404,6 +425,9 @@ def main(argv=None) -> dict:
     p.add_argument("--prefill-tokens", type=int, default=16384, help="tokens per prefill call (activation bound)")
     p.add_argument("--budget-s", type=float, default=1e9, help="start no new row after this many seconds")
     p.add_argument("--stop-on-error", action="store_true", help="end the run when a lowc variant fails (not on OOM)")
+    p.add_argument("--pdl-ab", action="store_true",
+                   help="the first scheme under three PDL settings, interleaved per batch: the shipped mode, "
+                        "that mode with the Gluon decode attention launched with PDL, and mode 2 (every kernel)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
@@ -428,16 +452,22 @@ def main(argv=None) -> dict:
     if first:
         compiled[first] = compile_lowc(run, model, first)
 
-    def lowc_sweep(name):
+    def lowc_sweep(name, pdl_ab=False):
         q = compiled[name].to(device)
-        run.sweep(f"lowc:{name}", lambda b: lowc_row(q, b, args, clock), args.batches)
+        if pdl_ab:
+            for b in args.batches:
+                for label, setting in PDL_SETTINGS.items():
+                    with pdl_setting(*setting):
+                        run.sweep(f"lowc:{name}{label}", lambda b: lowc_row(q, b, args, clock), [b])
+        else:
+            run.sweep(f"lowc:{name}", lambda b: lowc_row(q, b, args, clock), args.batches)
         compiled[name] = q.to(host) if device.type == "cuda" else q
         free_memory()
 
     if first:  # the headline variant first, with the BF16 model parked on the host
         model.to(host)
         free_memory()
-        lowc_sweep(first)
+        lowc_sweep(first, args.pdl_ab)
         model.to(device)
     if "compiled" in baselines and device.type == "cuda":
         step = hf_compiled_step()

@@ -32,8 +32,9 @@ are stated, and two permutations make every load feed the MMA fragments directly
 So a tile costs about 13 instructions per token and KV head (the Triton kernel: 32), with no shared
 memory between the loads and the MMAs and no barrier in the loop; the next tile's loads are issued
 before the current tile's math (register double buffering). The split over the sequence and its
-merge (workspace + acquire-release ticket, the last program merges and resets the ticket) are the
-Triton kernel's, in the same workspace format.
+workspace format are the Triton kernel's (acquire-release ticket, the last program merges and resets
+it); the merge is one online pass over the partials, four at a time. Under PDL the metadata and a
+first tile holding no token of this step are read before `griddepcontrol.wait` (`load_first_tile`).
 
 Gluon has no interpreter: the CPU tests replay the two permutations in plain torch
 (`key_dot_replay`, `value_dot_replay`) and compile the kernel for sm_90; the GPU tests compare it with
@@ -46,7 +47,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-from lowc.codegen.gluon_w4a8_g128 import _log2, cta_barrier, pdl_wait
+from lowc.codegen.gluon_w4a8_g128 import _log2, cta_barrier, pdl_launch_dependents, pdl_wait
 
 LOG2E = gl.constexpr(1.4426950408889634)
 RESCALE_SLACK = gl.constexpr(8.0)
@@ -146,20 +147,61 @@ def token_order(x, T: gl.constexpr, row_l: gl.constexpr):
 
 
 @gluon.jit
+def tile_pointers(kd, vd, ks, kz, vs, vz, n0, k_off, vx_off, ks_off, vs_off, K_GROUPS: gl.constexpr,
+                  DB: gl.constexpr, TL: gl.constexpr):
+    """Pointers of the tile starting at token n0 (kd, vd: the cache as int32 words): key runs of
+    group 0 and 1 (group 1 = group 0 with one group), value words of tokens X and Y = X + TL, key
+    scale/zero [8, TL, K_GROUPS], value scale/zero [8, TL]."""
+    k = kd + n0 * (DB // 4) + k_off
+    v = vd + n0 * (DB // 4) + vx_off
+    return (k, k + (DB // 4 // K_GROUPS) * (K_GROUPS - 1), v, v + TL * (DB // 4), ks + n0 * K_GROUPS + ks_off,
+            kz + n0 * K_GROUPS + ks_off, vs + n0 + vs_off, vz + n0 + vs_off)
+
+
+@gluon.jit
 def load_tile(kd, vd, ks, kz, vs, vz, n0, k_off, vx_off, ks_off, vs_off, K_GROUPS: gl.constexpr, DB: gl.constexpr,
               TL: gl.constexpr):
-    """The words and fp16 scales/zeros of the tile starting at token n0 (kd, vd: the cache as int32
-    words): key runs of group 0 and 1 (group 1 = group 0 with one group), value words of tokens X and
-    Y = X + TL, key scale/zero [8, TL, K_GROUPS], value scale/zero [8, TL]."""
-    k0 = gl.load(kd + n0 * (DB // 4) + k_off)
+    """The words and fp16 scales/zeros of the tile starting at token n0 (tile_pointers' order)."""
+    p = tile_pointers(kd, vd, ks, kz, vs, vz, n0, k_off, vx_off, ks_off, vs_off, K_GROUPS, DB, TL)
+    k0 = gl.load(p[0])
     k1 = k0
     if K_GROUPS == 2:
-        k1 = gl.load(kd + n0 * (DB // 4) + k_off + DB // 4 // K_GROUPS)
-    vx = gl.load(vd + n0 * (DB // 4) + vx_off)
-    vy = gl.load(vd + n0 * (DB // 4) + vx_off + TL * (DB // 4))
-    k_s = gl.load(ks + n0 * K_GROUPS + ks_off)
-    k_z = gl.load(kz + n0 * K_GROUPS + ks_off)
-    return k0, k1, vx, vy, k_s, k_z, gl.load(vs + n0 + vs_off), gl.load(vz + n0 + vs_off)
+        k1 = gl.load(p[1])
+    return k0, k1, gl.load(p[2]), gl.load(p[3]), gl.load(p[4]), gl.load(p[5]), gl.load(p[6]), gl.load(p[7])
+
+
+@gluon.jit
+def load_first_tile(kd, vd, ks, kz, vs, vz, n0, stored, k_off, vx_off, ks_off, vs_off, K_GROUPS: gl.constexpr,
+                    DB: gl.constexpr, TL: gl.constexpr, PDL: gl.constexpr):
+    """load_tile of the first tile, and under PDL the wait for the previous kernel: a tile that ends
+    at or before `stored` (the tokens cached by earlier steps) is read before `griddepcontrol.wait`,
+    since only this step's new tokens can be written by the kernel before (the RoPE + KV store);
+    otherwise it is read after, into the same registers (the second loads are predicated, `other`
+    the first ones)."""
+    if PDL:
+        p = tile_pointers(kd, vd, ks, kz, vs, vz, n0, k_off, vx_off, ks_off, vs_off, K_GROUPS, DB, TL)
+        early = n0 + 8 * TL <= stored
+        k0 = gl.load(p[0], mask=early)
+        k1 = k0
+        if K_GROUPS == 2:
+            k1 = gl.load(p[1], mask=early)
+        vx = gl.load(p[2], mask=early)
+        vy = gl.load(p[3], mask=early)
+        k_s = gl.load(p[4], mask=early)
+        k_z = gl.load(p[5], mask=early)
+        v_s = gl.load(p[6], mask=early)
+        v_z = gl.load(p[7], mask=early)
+        pdl_wait()
+        late = n0 + 8 * TL > stored
+        k0 = gl.load(p[0], mask=late, other=k0)
+        k1 = k0
+        if K_GROUPS == 2:
+            k1 = gl.load(p[1], mask=late, other=k1)
+        return (k0, k1, gl.load(p[2], mask=late, other=vx), gl.load(p[3], mask=late, other=vy),
+                gl.load(p[4], mask=late, other=k_s), gl.load(p[5], mask=late, other=k_z),
+                gl.load(p[6], mask=late, other=v_s), gl.load(p[7], mask=late, other=v_z))
+    else:
+        return load_tile(kd, vd, ks, kz, vs, vz, n0, k_off, vx_off, ks_off, vs_off, K_GROUPS, DB, TL)
 
 
 @gluon.jit
@@ -192,28 +234,36 @@ def query_operand(q_base, stride_qh, GROUP: gl.constexpr, g: gl.constexpr, K_GRO
 
 
 @gluon.jit
-def load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, m_all, pair, sp, num_splits, D: gl.constexpr,
-                 NH: gl.constexpr):
-    """(acc, weight, sum) of split sp's partial; weight 0 past the last split (which it re-reads)."""
+def load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, pair, sp, num_splits, D: gl.constexpr, NH: gl.constexpr):
+    """(acc, max, sum) of split sp's partial; max -inf past the last split (whose partial it re-reads)."""
     spc = gl.minimum(sp, num_splits - 1)
     idx = (pair * num_splits + spc) * NH + n
     acc = gl.load(ws_acc_ptr + (pair * num_splits + spc) * (D * NH) + acc_off, cache_modifier=".cg")
-    w = gl.where(sp < num_splits, gl.exp2(gl.load(ws_ml_ptr + 2 * idx, cache_modifier=".cg") - m_all), 0.0)
-    return acc, w, gl.load(ws_ml_ptr + 2 * idx + 1, cache_modifier=".cg")
+    m = gl.where(sp < num_splits, gl.load(ws_ml_ptr + 2 * idx, cache_modifier=".cg"), float("-inf"))
+    return acc, m, gl.load(ws_ml_ptr + 2 * idx + 1, cache_modifier=".cg")
 
 
 @gluon.jit
 def merge_partials(o, l_all, m_all, ws_acc_ptr, ws_ml_ptr, acc_off, n, pair, sp0, num_splits, D: gl.constexpr,
                    NH: gl.constexpr):
-    """Add splits sp0 .. sp0 + 3 (those that exist) into the merged (o, l_all): the loads of all four
-    are issued before any is used, so the merging program waits one memory latency per four splits."""
-    a0, w0, l0 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, m_all, pair, sp0, num_splits, D, NH)
-    a1, w1, l1 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, m_all, pair, sp0 + 1, num_splits, D, NH)
-    a2, w2, l2 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, m_all, pair, sp0 + 2, num_splits, D, NH)
-    a3, w3, l3 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, m_all, pair, sp0 + 3, num_splits, D, NH)
-    l_all += w0 * l0 + w1 * l1 + w2 * l2 + w3 * l3
-    o += w0[None, :] * a0 + w1[None, :] * a1 + w2[None, :] * a2 + w3[None, :] * a3
-    return o, l_all
+    """Fold splits sp0 .. sp0 + 3 (those that exist) into the running merge (o, l_all, m_all), an online
+    softmax over partials: the loads of all four (sums, maxima and accumulators) are issued before any
+    is used, so the merging program waits one memory latency per four splits and none for a separate
+    pass over the maxima. A split that saw no token has max -inf and weighs 0."""
+    a0, m0, l0 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, pair, sp0, num_splits, D, NH)
+    a1, m1, l1 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, pair, sp0 + 1, num_splits, D, NH)
+    a2, m2, l2 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, pair, sp0 + 2, num_splits, D, NH)
+    a3, m3, l3 = load_partial(ws_acc_ptr, ws_ml_ptr, acc_off, n, pair, sp0 + 3, num_splits, D, NH)
+    m_new = gl.maximum(gl.maximum(m_all, gl.maximum(m0, m1)), gl.maximum(m2, m3))
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+    keep = gl.exp2(m_all - m_safe)
+    w0 = gl.exp2(m0 - m_safe)
+    w1 = gl.exp2(m1 - m_safe)
+    w2 = gl.exp2(m2 - m_safe)
+    w3 = gl.exp2(m3 - m_safe)
+    l_all = l_all * keep + w0 * l0 + w1 * l1 + w2 * l2 + w3 * l3
+    o = o * keep[None, :] + w0[None, :] * a0 + w1[None, :] * a1 + w2[None, :] * a2 + w3[None, :] * a3
+    return o, l_all, m_new
 
 
 @gluon.jit(do_not_specialize=["window", "num_splits"])
@@ -239,31 +289,19 @@ def decode_kv4_kernel(
     b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
     row_l: gl.constexpr = gl.SliceLayout(1, mma)
     col_l: gl.constexpr = gl.SliceLayout(0, mma)
-    if PDL:
-        pdl_wait()
-
+    # The per-row metadata comes from host copies before the step, never from the kernel before this
+    # one: read before the PDL wait (load_first_tile), like the first tile of earlier tokens.
     pair = gl.program_id(0)  # (batch row, KV head)
     split = gl.program_id(1)
     b = pair // HKV
     kvh = pair % HKV
     slot = gl.load(slot_ptr + b)
-    total = (gl.load(clen_ptr + b) + gl.load(nlen_ptr + b)).to(gl.int32)  # the new token is already stored
+    stored = gl.load(clen_ptr + b).to(gl.int32)
+    total = stored + gl.load(nlen_ptr + b).to(gl.int32)  # the new token is already stored
     first = gl.where(window > 0, gl.maximum(total - window, 0), 0)
     chunk = gl.cdiv(gl.cdiv(total - first, num_splits), T) * T
     lo = first + split * chunk
     hi = gl.minimum(lo + chunk, total)
-
-    q_base = q_ptr + b.to(gl.int64) * stride_qb + (kvh * GROUP) * stride_qh
-    qa = query_operand(q_base, stride_qh, GROUP, 0, K_GROUPS, D, NH, b_l)
-    qsum = gl.convert_layout(gl.reduce(qa.to(gl.float32), 0, _add), col_l)
-    if K_GROUPS == 2:
-        qb = query_operand(q_base, stride_qh, GROUP, 1, K_GROUPS, D, NH, b_l)
-        qsum1 = gl.convert_layout(gl.reduce(qb.to(gl.float32), 0, _add), col_l)
-    else:
-        qb = qa
-        qsum1 = qsum
-    qk_scale = sm_scale * LOG2E
-    bias = code_bias(BF16)
 
     head_row = (slot * HKV + kvh).to(gl.int64) * MAX_TOKENS  # first cache row of this (slot, head)
     kd = kd_ptr.to(gl.pointer_type(gl.int32)) + head_row * (DB // 4)  # the cache bytes as words
@@ -304,8 +342,21 @@ def decode_kv4_kernel(
     start = gl.minimum((lo // T) * T, last_start)
     end_start = gl.minimum(gl.maximum((hi - 1) // T * T, start), last_start)
 
-    k0, k1, vx, vy, k_s, k_z, v_s, v_z = load_tile(kd, vd, ks, kz, vs, vz, start, k_off, vx_off, ks_off, vs_off,
-                                                   K_GROUPS, DB, TL)
+    k0, k1, vx, vy, k_s, k_z, v_s, v_z = load_first_tile(kd, vd, ks, kz, vs, vz, start, stored, k_off, vx_off,
+                                                         ks_off, vs_off, K_GROUPS, DB, TL, PDL)
+
+    # q is written by the kernel before (RoPE): read after the wait.
+    q_base = q_ptr + b.to(gl.int64) * stride_qb + (kvh * GROUP) * stride_qh
+    qa = query_operand(q_base, stride_qh, GROUP, 0, K_GROUPS, D, NH, b_l)
+    qsum = gl.convert_layout(gl.reduce(qa.to(gl.float32), 0, _add), col_l)
+    if K_GROUPS == 2:
+        qb = query_operand(q_base, stride_qh, GROUP, 1, K_GROUPS, D, NH, b_l)
+        qsum1 = gl.convert_layout(gl.reduce(qb.to(gl.float32), 0, _add), col_l)
+    else:
+        qb = qa
+        qsum1 = qsum
+    qk_scale = sm_scale * LOG2E
+    bias = code_bias(BF16)
 
     m = gl.full([NH], float("-inf"), gl.float32, layout=col_l)
     l = gl.zeros([NH], gl.float32, layout=col_l)
@@ -349,6 +400,13 @@ def decode_kv4_kernel(
         m = m_new
         k0, k1, vx, vy, k_s, k_z, v_s, v_z = n_k0, n_k1, n_vx, n_vy, n_k_s, n_k_z, n_v_s, n_v_z
 
+    if PDL:
+        # The next kernel may launch now, its prologue overlapping this one's epilogue and merge. Not
+        # at the start: chains of this kernel triggering there ran 27% slower at B = 16, S = 256 and
+        # 10% at S = 1024 (H100; 5% faster at S = 4096); here it is within 0.6 µs of no PDL
+        # (docs/kernels-attention.md, "Sixth round").
+        pdl_launch_dependents()
+
     # out^T row 16 i + 8 h + r is d = 2 (r D / 16 + i) + h; columns are the group's query heads.
     rr = gl.arange(0, D, layout=row_l)
     d = 2 * ((rr % 8) * MI + rr // 16) + (rr // 8) % 2
@@ -367,15 +425,12 @@ def decode_kv4_kernel(
         ticket = gl.atomic_add(ticket_ptr + pair, 1, sem="acq_rel")
         if ticket == num_splits - 1:
             m_all = gl.full([NH], float("-inf"), gl.float32, layout=col_l)
-            for sp in range(num_splits):
-                m_all = gl.maximum(m_all, gl.load(ws_ml_ptr + 2 * ((pair * num_splits + sp) * NH + n),
-                                                  cache_modifier=".cg"))
             l_all = gl.zeros([NH], gl.float32, layout=col_l)
             o = gl.zeros([D, NH], gl.float32, layout=mma)
             acc_off = rr[:, None] * NH + n[None, :]
             for sp0 in range(0, num_splits, 4):
-                o, l_all = merge_partials(o, l_all, m_all, ws_acc_ptr, ws_ml_ptr, acc_off, n, pair, sp0, num_splits,
-                                          D, NH)
+                o, l_all, m_all = merge_partials(o, l_all, m_all, ws_acc_ptr, ws_ml_ptr, acc_off, n, pair, sp0,
+                                                 num_splits, D, NH)
             gl.store(out_rows[None, :] + d[:, None], (o / l_all[None, :]).to(out_ptr.dtype.element_ty),
                      mask=out_mask)
             gl.store(ticket_ptr + pair, 0)

@@ -17,6 +17,7 @@ import torch
 GLUON_HEAD_DIMS = (64, 128, 256)
 GLUON_BLOCK_NS = (16, 32, 64, 128)
 MAX_GROUP = 8  # query heads per KV head: the MMA's N side (N = 16 builds but has not run on a GPU)
+PDL_LEVEL = 2  # the PDL mode from which the kernel is launched with PDL (runtime/pdl.py)
 
 
 def gluon_limits(fmt: str, q: torch.Tensor, head_dim: int, group: int, max_tokens: int, block_n: int,
@@ -70,7 +71,7 @@ def launch_gluon_decode(q, parts, slot_ids, cache_lens, new_lens, out, ws_acc, w
             float(scale), hkv, max_tokens, int(window), splits,
             GROUP=group, HEAD_DIM=d, NH=nh, BLOCK_N=block_n, K_GROUPS=key_groups, SPLIT=splits > 1,
             BF16=q.dtype == torch.bfloat16, k_l=k_l, v_l=v_l, ks_l=ks_l, vs_l=vs_l, num_warps=1,
-            **pdl_args(q.device),
+            **pdl_args(q.device, PDL_LEVEL),
         )
     except Exception as e:  # compile errors, out-of-resources, launch failures: name what failed
         raise KernelError(f"Gluon kernel decode_kv4_kernel failed (BLOCK_N {block_n}, head_dim {d}, {key_groups} "

@@ -132,14 +132,15 @@ def test_limits_on_a_gpu_shape(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block_n", [32, 64])
 def test_gpu_llama_shapes(key_groups, dtype, block_n):
-    """32 query / 8 KV heads, head_dim 128: one split, four, and the default; a sliding window; against
-    the reference and the Triton kernel (the same arithmetic up to float rounding)."""
+    """32 query / 8 KV heads, head_dim 128: one split, four, thirteen (four merge rounds, the last
+    partial; rows whose later splits saw no token) and the default; a sliding window; against the
+    reference and the Triton kernel (the same arithmetic up to float rounding)."""
     q, kc, vc, slot_ids, cache_lens, new = step("kv4", dtype, 1, [1, 1, 1], history=(3000, 517, 1200), heads=32,
                                                 hkv=8, d=128, max_tokens=4096, key_groups=key_groups)
     for window in (-1, 700):
         ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, window, "kv4")
         triton_out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, window, "kv4")
-        for splits in (1, 4, None):
+        for splits in (1, 4, 13, None):
             cfg = DecodeConfig(gluon=True, gluon_block_n=block_n, num_splits=splits)
             out = attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, window, "kv4", decode=cfg)
             assert rel_err(out, ref) < TOLERANCE[dtype], (window, splits)
@@ -183,3 +184,49 @@ def test_gpu_cache_capacity_is_padded_to_whole_tiles():
     (slot,) = cache.allocate(1)
     with pytest.raises(CacheError):
         cache.reserve([slot], [1001])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("splits", [1, 2, None])
+def test_gpu_pdl_chain_reads_the_token_stored_just_before(splits):
+    """Under PDL the first tile is read before griddepcontrol.wait only when it holds no token of this
+    step. In a CUDA graph of the KV store (writing the new token) followed by the attention, both
+    launched with PDL, the attention must see the new token: new tokens at the first and the last
+    position of a tile and inside a later one, a split starting at the new token's tile, and the new
+    key made dominant, so that a stale read would be far off. The cache is reset to stale contents
+    before every replay."""
+    from lowc.runtime import pdl
+    from lowc.runtime.fused import rope_store_triton
+
+    q, kc, vc, slot_ids, cache_lens, new = step("kv4", torch.bfloat16, 1, [1, 1, 1], history=(128, 127, 1000),
+                                                heads=32, hkv=8, d=128, max_tokens=2048)
+    group = q.float().reshape(3, 8, 4, 1, 128).mean(2)  # [B, Hkv, 1, D]: each KV head's query direction
+    k_new = (4 * group).to(torch.bfloat16)
+    v_new = torch.randn(3, 8, 1, 128, device=q.device).to(torch.bfloat16)
+    stale = [t.clone() for t in (*kc, *vc)]
+    cfg = DecodeConfig(gluon=True, num_splits=splits)
+
+    def chain():
+        rope_store_triton(None, k_new, v_new, None, None, kc, vc, slot_ids, cache_lens, new, "kv4")
+        return attention_kv_triton(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, "kv4", decode=cfg)
+
+    previous = pdl.pdl_mode()
+    pdl.set_pdl(2)
+    try:
+        chain()  # compile outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = chain()
+        ref = attention_kv_reference(q, kc, vc, slot_ids, cache_lens, new, 128**-0.5, -1, "kv4")
+        n_k = len(kc)
+        stale_out = attention_kv_reference(q, type(kc)(stale[:n_k]), type(vc)(stale[n_k:]), slot_ids, cache_lens,
+                                           new, 128**-0.5, -1, "kv4")
+        assert rel_err(stale_out, ref) > 0.3  # the test can tell a stale read from a fresh one
+        for _ in range(5):
+            for t, s in zip((*kc, *vc), stale):
+                t.copy_(s)
+            graph.replay()
+            torch.cuda.synchronize()
+            assert rel_err(out, ref) < TOLERANCE[torch.bfloat16]
+    finally:
+        pdl.set_pdl(previous)
