@@ -126,6 +126,11 @@ def finish_tile(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, p
     on = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, acc_l))
     om = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, acc_l))
     mask = (on[:, None] < N) & (om[None, :] < M)
+    # The scales (and bias) are loaded before the split-K reduction: their latency overlaps its atomics.
+    sx = gl.load(sx_ptr + om, mask=om < M, other=0.0)
+    s0 = gl.load(s0_ptr + on, mask=on < N, other=0.0).to(gl.float32)
+    if HAS_BIAS:
+        bias = gl.load(bias_ptr + on, mask=on < N, other=0.0).to(gl.float32)
     is_last = True
     if SPLIT_K > 1:
         acc, is_last = splitk_reduce(acc, ws_ptr, cnt_ptr, om[None, :] * N + on[:, None], mask, pid_m, pid_n, SPLIT_K)
@@ -133,11 +138,9 @@ def finish_tile(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, p
         if RAW:
             y = acc
         else:
-            sx = gl.load(sx_ptr + om, mask=om < M, other=0.0)
-            s0 = gl.load(s0_ptr + on, mask=on < N, other=0.0).to(gl.float32)
             y = (acc.to(gl.float32) * sx[None, :]) * s0[:, None]  # the reference's order of products
             if HAS_BIAS:
-                y = y + gl.load(bias_ptr + on, mask=on < N, other=0.0).to(gl.float32)[:, None]
+                y = y + bias[:, None]
         y = gl.convert_layout(y.to(out_ptr.dtype.element_ty), o_l)  # channels contiguous per thread
         sn = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, o_l))
         sm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, o_l))

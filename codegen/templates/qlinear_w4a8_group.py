@@ -75,12 +75,21 @@ def dequant_tile(qw_ptr, s1, c, rn_ld, kt, stride_w32, BN: tl.constexpr, BK: tl.
 
 
 @triton.jit
-def epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS: tl.constexpr):
+def epilogue_scales(sx_ptr, s0_ptr, rn, rm, M, N):
+    """The per-token and per-channel scales of the epilogue. Split-K kernels load them before the
+    reduction, so their latency overlaps its atomics instead of following the last ticket."""
+    if RAW_ACCUMULATOR:
+        return tl.zeros((1,), tl.float32), tl.zeros((1,), tl.float32)
+    else:
+        return (tl.load(sx_ptr + rm, mask=rm < M, other=0.0),
+                tl.load(s0_ptr + rn, mask=rn < N, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def epilogue(acc, sx, s0, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS: tl.constexpr):
     if RAW_ACCUMULATOR:
         store_tile(out_ptr, acc, rn, rm, M, N, bias_ptr, False)
     else:
-        sx = tl.load(sx_ptr + rm, mask=rm < M, other=0.0)
-        s0 = tl.load(s0_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
         # Same order of float products as the reference: (acc * s_x) * s0.
         y = (acc.to(tl.float32) * sx[None, :]) * s0[:, None]
         store_tile(out_ptr, y, rn, rm, M, N, bias_ptr, HAS_BIAS)
@@ -131,15 +140,16 @@ def qlinear_kernel(
     if W_AS_B:
         acc = tl.trans(acc_t)
 
+    sx, s0 = epilogue_scales(sx_ptr, s0_ptr, rn, rm, M, N)
     if SPLIT_K == 1:
-        epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
+        epilogue(acc, sx, s0, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
     else:
         offs = rm[None, :] * N + rn[:, None]
         mask = (rn[:, None] < N) & (rm[None, :] < M)
         tile_id = pid_m * tl.cdiv(N, BN) + pid_n
         acc, is_last = splitk_reduce(acc, ws_ptr, cnt_ptr, tile_id, offs, mask, SPLIT_K)
         if is_last:
-            epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
+            epilogue(acc, sx, s0, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
 
 
 
@@ -199,14 +209,15 @@ def gemv_kernel(
             part = tl.sum(qx * s1 - zs1 * xsum[None, :], axis=1)
             acc += tl.where(tl.arange(0, BM)[None, :] == i, part[:, None], 0)
 
+    sx, s0 = epilogue_scales(sx_ptr, s0_ptr, rn, rm, M, N)
     if SPLIT_K == 1:
-        epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
+        epilogue(acc, sx, s0, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
     else:
         offs = rm[None, :] * N + rn[:, None]
         mask = (rn[:, None] < N) & (rm[None, :] < M)
         acc, is_last = splitk_reduce(acc, ws_ptr, cnt_ptr, tl.program_id(0), offs, mask, SPLIT_K)
         if is_last:
-            epilogue(acc, sx_ptr, s0_ptr, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
+            epilogue(acc, sx, s0, bias_ptr, out_ptr, rn, rm, M, N, HAS_BIAS)
 
 
 @triton.jit

@@ -69,6 +69,8 @@ def test_compiles_for_sm90_with_register_operands(gluon_sm90, bn, bm, gpt, split
     # Only the epilogue's store re-layout touches shared memory: nothing between the first MMA and the last.
     body = ptx[ptx.index("mma.sync"):ptx.rindex("mma.sync")]
     assert "ld.shared" not in body and "st.shared" not in body
+    if split > 1:  # the scales and the bias are loaded before the split-K reduction, none after its ticket
+        assert "ld.global" not in ptx[ptx.index("acq_rel"):]
 
 
 def test_layouts_reject_tiles_the_kernel_cannot_take():
