@@ -4,6 +4,14 @@ import pytest
 import torch
 
 
+def pytest_collection_finish(session):
+    """Record triton.language as the collected modules left it (TRITON_INTERPRET set or not) before any
+    test interprets a kernel, so that the sm_90 builds of the CPU suite can undo what the interpreter
+    leaves patched (runtime/aot_compile.py). Not earlier: importing lowc before the test modules set
+    TRITON_INTERPRET would decorate its kernels for the GPU."""
+    import lowc.runtime.aot_compile  # noqa: F401
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -60,7 +60,9 @@ def compile_all(cache_dir: str) -> dict:
 def compiled_kernels(tmp_path_factory):
     """The kernels built in a fresh Python process without TRITON_INTERPRET: once the CPU suite has
     set it (test modules do, at collection), Triton's own library functions in this process are
-    interpreted ones, which a GPU compile cannot call (it fails whenever Triton's disk cache misses)."""
+    interpreted ones, and the GPU compile of these Triton kernels in the suite's process failed
+    whenever Triton's disk cache missed, even after runtime/aot_compile.py's restore of what the
+    interpreter leaves patched (which is enough for the Gluon kernels)."""
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import test_sm90_compile as t; "
