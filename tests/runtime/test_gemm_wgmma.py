@@ -17,20 +17,14 @@ if not torch.cuda.is_available():
 
 from lowc.codegen.spec import spec_for_qlinear  # noqa: E402
 from lowc.errors import KernelError  # noqa: E402
-from lowc.quant import quantize_activation, quantize_weight  # noqa: E402
 from lowc.runtime import autotune  # noqa: E402
 from lowc.runtime.autotune import TileConfig, wgmma_candidates  # noqa: E402
 from lowc.runtime.gemm import qlinear_triton  # noqa: E402
 
+from test_gemm_mma_reg import operands  # noqa: E402  (tests/runtime is on sys.path)
+
 SPEC = spec_for_qlinear("w4a8_g128", torch.int8, torch.bfloat16)
 TEMPLATE = TileConfig(64, 64, 256, 2)
-
-
-def operands(m, n, k, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    w = quantize_weight((torch.randn(n, k, generator=g) * 0.02).to(device), "w4a8_g128").tensors()
-    x, sx = quantize_activation(torch.randn(m, k, generator=g).to(device), "w4a8_g128")
-    return x, sx, w
 
 
 @pytest.mark.parametrize("cfg,problem", [
