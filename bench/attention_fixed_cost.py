@@ -16,6 +16,7 @@ bytes (launch gap, the prologue's dependent loads, the first tile's latency, the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -70,15 +71,21 @@ def main() -> int:
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
               "read_bandwidth": read_bw, "copy_bandwidth": copy_bw, "rows": [], "fits": {}}
 
-    def timed(make, cfg, kernel, pdl_mode=1):
-        current_kernel = current.decode_kv4_kernel
-        current.decode_kv4_kernel = kernel  # the launcher looks the kernel up at call time
+    @contextlib.contextmanager
+    def launching(kernel, pdl_mode=1):
+        """The launcher runs `kernel` (it looks the kernel up at call time) under PDL mode `pdl_mode`."""
+        saved = current.decode_kv4_kernel
+        current.decode_kv4_kernel = kernel
         pdl.set_pdl(pdl_mode)
         try:
-            return bench_ms(make(cfg), args.rep) * 1e3
+            yield
         finally:
-            current.decode_kv4_kernel = current_kernel
+            current.decode_kv4_kernel = saved
             pdl.set_pdl(1)
+
+    def timed(make, cfg, kernel, pdl_mode=1):
+        with launching(kernel, pdl_mode):
+            return bench_ms(make(cfg), args.rep) * 1e3
 
     for b in args.batches:
         for s in args.lengths:
@@ -88,11 +95,8 @@ def main() -> int:
             make, check = lowc_case("kv4", b, s, q)
             cfg = DecodeConfig(gluon=True)
             for name, kernel in kernels.items():
-                current.decode_kv4_kernel, saved = kernel, current.decode_kv4_kernel
-                try:
+                with launching(kernel):
                     row[f"{name}_err"] = check(cfg)
-                finally:
-                    current.decode_kv4_kernel = saved
                 row[name] = timed(make, cfg, kernel)
             for name, kernel in kernels.items():
                 row[f"{name}_pdl"] = timed(make, cfg, kernel, pdl_mode=2)
